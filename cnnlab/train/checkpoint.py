@@ -1,0 +1,53 @@
+"""Checkpoints that survive crashes: atomic writes (temp file, fsync, rename) and safe loading (weights only)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab import CnnlabError
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """Write `obj` with torch.save so that `path` holds either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with `weights_only=True`: tensors and plain containers only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnlabError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnlabError(f"checkpoint {path} refused by the weights-only loader (it holds more than tensors "
+                          f"and plain data): {first}") from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CnnlabError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CnnlabError(f"checkpoint {path} is not a cnnlab checkpoint (no 'model' entry)")
+    return ckpt

@@ -1,0 +1,61 @@
+"""Learning-rate schedules, stepped once per optimizer step, each with an optional linear warmup.
+
+Every schedule is a LambdaLR, so its state is a step count that checkpoints restore exactly. A config picks
+one with `_partial_: true`; the trainer supplies the optimizer and the length of training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def _with_warmup(optimizer: Optimizer, factor: Callable[[int], float], warmup_steps: int) -> LambdaLR:
+    def lr_lambda(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return factor(step)
+
+    return LambdaLR(optimizer, lr_lambda)
+
+
+def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0) -> LambdaLR:
+    return _with_warmup(optimizer, lambda step: 1.0, round(warmup_epochs * steps_per_epoch))
+
+
+def step(optimizer: Optimizer, steps_per_epoch: int, epochs: int, milestones: Sequence[int] = (),
+         gamma: float = 0.1, warmup_epochs: float = 0) -> LambdaLR:
+    """Multiply the lr by `gamma` at each epoch in `milestones`."""
+    bounds = sorted(m * steps_per_epoch for m in milestones)
+    return _with_warmup(optimizer, lambda s: gamma ** sum(s >= b for b in bounds),
+                        round(warmup_epochs * steps_per_epoch))
+
+
+def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0,
+           min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Cosine decay from the base lr to `min_lr_ratio` times it, after the warmup."""
+    warmup = round(warmup_epochs * steps_per_epoch)
+    span = max(1, epochs * steps_per_epoch - warmup)
+
+    def factor(s: int) -> float:
+        progress = min(1.0, (s - warmup) / span)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return _with_warmup(optimizer, factor, warmup)
+
+
+def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, pct_start: float = 0.25,
+             start_ratio: float = 0.1, end_ratio: float = 0.0) -> LambdaLR:
+    """Linear ramp from `start_ratio` x lr up to the lr over `pct_start` of training, then linear to `end_ratio`."""
+    total = epochs * steps_per_epoch
+    peak = max(1, round(pct_start * total))
+
+    def factor(s: int) -> float:
+        if s < peak:
+            return start_ratio + (1 - start_ratio) * s / peak
+        return 1 + (end_ratio - 1) * min(1.0, (s - peak) / max(1, total - peak))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,213 @@
+"""The one training loop: train step, evaluation, logging through a `Logger`, checkpoints and exact resume.
+
+The hot loop never waits on the device: loss and accuracy are summed on the device and read (`.item()`)
+only every `log_every` steps and at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cnnlab import CnnlabError
+from cnnlab.data import Data
+from cnnlab.track import Logger
+from cnnlab.train.checkpoint import atomic_save
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains `model` on `data` for `epochs` epochs; see conf/trainer/default.yaml for every switch."""
+
+    def __init__(self, epochs: int, batch_size: int, eval_batch_size: int | None = None, device: str = "auto",
+                 precision: str = "auto", channels_last: str | bool = "auto", compile: bool = False,
+                 label_smoothing: float = 0.0, grad_clip: float | None = None, log_every: int = 50,
+                 eval_every: int = 1, tta_flip: bool = False, save_checkpoints: bool = True,
+                 checkpoint_every_steps: int = 0, deterministic: bool = False, num_workers: int = 0,
+                 resume: str | None = None) -> None:
+        self.epochs, self.batch_size = epochs, batch_size
+        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.device = pick_device(device)
+        cuda = self.device.type == "cuda"
+        self.precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise CnnlabError(f"trainer.precision is {precision!r}; allowed: auto, fp32, bf16, fp16")
+        self.channels_last = True if channels_last == "auto" else bool(channels_last)
+        self.compile = compile
+        self.label_smoothing, self.grad_clip = label_smoothing, grad_clip
+        self.log_every, self.eval_every, self.tta_flip = log_every, eval_every, tta_flip
+        self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
+        self.deterministic, self.num_workers, self.resume = deterministic, num_workers, resume
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif cuda:
+            torch.backends.cudnn.benchmark = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, loader: Iterable) -> tuple[Tensor, Tensor]:
+        """Logits (float32, on the device) and labels of a whole loader, flip-averaged if `tta_flip`."""
+        model.eval()
+        logits, labels = [], []
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast():
+                out = model(x).float()
+                if self.tta_flip:
+                    out = (out + model(x.flip(3)).float()) / 2
+            logits.append(out)
+            labels.append(y)
+        return torch.cat(logits), torch.cat(labels)
+
+    def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        logits, labels = self.predict(model, loader)
+        loss = nn.functional.cross_entropy(logits, labels).item()
+        return {"test_loss": loss, "test_acc": (logits.argmax(1) == labels).float().mean().item()}
+
+    def fit(self, model: nn.Module, data: Data, optimizer: Callable, scheduler: Callable, logger: Logger,
+            run_dir: str | Path, extra_state: dict[str, Any] | None = None,
+            checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary.
+
+        `optimizer(params)` and `scheduler(optimizer, steps_per_epoch, epochs)` are the partially applied
+        configs; `checkpoint` is a loaded checkpoint to continue from.
+        """
+        run_dir = Path(run_dir)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        opt = optimizer(model.parameters())
+        steps_per_epoch = len(data.train)
+        sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+        forward = torch.compile(model) if self.compile else model
+
+        epoch, start_batch, step, best_acc, running = 1, 0, 0, 0.0, None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            opt.load_state_dict(checkpoint["optimizer"])
+            sched.load_state_dict(checkpoint["scheduler"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+            best_acc, running = checkpoint["best_acc"], checkpoint["running"]
+            set_rng_state(checkpoint["rng"])
+
+        def save(name: str, epoch: int, batch: int, sums: Tensor) -> None:
+            if self.save_checkpoints:
+                atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                             "epoch": epoch, "batch": batch, "step": step, "best_acc": best_acc,
+                             "running": sums.tolist(), "rng": rng_state(), **(extra_state or {})},
+                            run_dir / name)
+
+        summary: dict[str, Any] = {}
+        start = time.perf_counter()
+        while epoch <= self.epochs:
+            model.train()
+            if hasattr(data.train, "set_epoch"):
+                data.train.set_epoch(epoch, start_batch)
+            # loss sum, correct, images: summed on the device, read only at log intervals
+            sums = torch.tensor(running or [0.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
+            running = None
+            epoch_start = mark = time.perf_counter()
+            mark_images = sums[2].item()
+            for batch, (x, y) in enumerate(data.train, start=start_batch):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if self.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self.autocast():
+                    out = forward(x)
+                    loss = criterion(out, y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if self.grad_clip:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
+                                     torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
+                if step % self.log_every == 0:
+                    loss_sum, correct, seen = sums.tolist()
+                    self._check_finite(loss_sum, epoch, step, run_dir)
+                    now = time.perf_counter()
+                    logger.log({"kind": "step", "epoch": epoch, "step": step, "batch": batch + 1,
+                                "batches": steps_per_epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                                "lr": opt.param_groups[0]["lr"],
+                                "images_per_second": (seen - mark_images) / max(now - mark, 1e-9)})
+                    mark, mark_images = now, seen
+                if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
+                    save("last.pt", epoch, batch + 1, sums)
+            loss_sum, correct, seen = sums.tolist()
+            self._check_finite(loss_sum, epoch, step, run_dir)
+            train_seconds = time.perf_counter() - epoch_start
+            record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
+                      "train_acc": correct / max(seen, 1), "lr": opt.param_groups[0]["lr"],
+                      "epoch_seconds": train_seconds, "images_per_second": seen / max(train_seconds, 1e-9)}
+            if epoch % self.eval_every == 0 or epoch == self.epochs:
+                record.update(self.evaluate(model, data.test))
+            record["seconds"] = time.perf_counter() - start
+            logger.log(record)
+            summary.update({k: v for k, v in record.items() if k not in ("kind", "seconds")})
+            is_best = record.get("test_acc", -1.0) > best_acc
+            best_acc = max(best_acc, record.get("test_acc", 0.0))
+            epoch, start_batch = epoch + 1, 0
+            save("last.pt", epoch, 0, torch.zeros(3))
+            if is_best and self.save_checkpoints:
+                # best.pt is for evaluation and fine-tuning: weights and config, no optimizer state
+                atomic_save({"model": model.state_dict(), "epoch": epoch - 1, "step": step,
+                             "best_acc": best_acc, **(extra_state or {})}, run_dir / "best.pt")
+        summary.update({"best_test_acc": best_acc, "final_test_acc": summary.get("test_acc"),
+                        "train_seconds": time.perf_counter() - start})
+        return summary
+
+    def _check_finite(self, loss_sum: float, epoch: int, step: int, run_dir: Path) -> None:
+        if not math.isfinite(loss_sum):
+            kept = run_dir / "last.pt"
+            where = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
+            raise CnnlabError(f"training diverged: the train loss is {loss_sum} at epoch {epoch}, step {step}; "
+                              f"{where}; lower optim.lr or set trainer.grad_clip")
