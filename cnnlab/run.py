@@ -27,7 +27,7 @@ from cnnlab.track import Loggers
 from cnnlab.track.console import ConsoleLogger
 from cnnlab.track.git import git_state
 from cnnlab.track.metrics import MetricsFile
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.checkpoint import check_resumable, load_checkpoint
 
 log = logging.getLogger("cnnlab")
 
@@ -75,6 +75,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
     validate(cfg)
     resume_path = find_resume(cfg.trainer.resume, run_dir)
     checkpoint = load_checkpoint(resume_path) if resume_path else None
+    if checkpoint is not None:
+        check_resumable(checkpoint, cfg.trainer.epochs)
     seed_everything(cfg.seed)
     trainer = build(cfg.trainer, "trainer")
     source = build(cfg.dataset.source, "dataset.source")
@@ -102,7 +104,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         wandb_logger = build(cfg.logger, "logger", _partial_=True)(
             run_dir=run_dir, run_config=config, name=name, group=group or name,
             run_id=checkpoint.get("wandb_id") if checkpoint else None)
-    loggers = Loggers(MetricsFile(run_dir, resume_step=checkpoint["step"] if checkpoint else None),
+    resume_at = (checkpoint["step"], checkpoint["next_epoch"]) if checkpoint else None
+    loggers = Loggers(MetricsFile(run_dir, resume_at=resume_at),
                       ConsoleLogger(), wandb_logger)
     ok = False
     try:

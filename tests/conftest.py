@@ -38,10 +38,11 @@ def make_cfg(*overrides: str) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
-def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m cnnlab.run ...` in a subprocess, launched from `cwd` (where outputs/ lands)."""
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
+            module: str = "cnnlab.run") -> subprocess.CompletedProcess:
+    """`python -m cnnlab.run ...` (or another module) in a subprocess, launched from `cwd` (where outputs/ lands)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cnnlab.run", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -31,7 +31,7 @@ def test_a_real_training_learns_and_leaves_a_complete_run_dir(tmp_path: Path) ->
     resolved = (tmp_path / "config_resolved.yaml").read_text()
     assert "${" not in resolved and "num_classes: 10" in resolved
     last, best = load_checkpoint(tmp_path / "last.pt"), load_checkpoint(tmp_path / "best.pt")
-    assert last["epoch"] == 5 and last["step"] == 4 * 8 and "optimizer" in last
+    assert last["next_epoch"] == 5 and last["next_batch"] == 0 and last["step"] == 4 * 8 and "optimizer" in last
     assert best["best_acc"] == max(r["test_acc"] for r in epochs)
     assert last["config"]["model"]["cfg"] == [16, "M", 32, "M", 64, "M"]
 

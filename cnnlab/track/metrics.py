@@ -25,15 +25,18 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsFile:
-    """Appends records to `<run_dir>/metrics.jsonl`. On resume (`resume_step`), records the crashed run wrote
-    after its checkpoint are dropped, so the file reads as if the run had never stopped."""
+    """Appends records to `<run_dir>/metrics.jsonl`. On resume from a checkpoint taken after `step` steps with
+    `next_epoch` to run, records the stopped run wrote after that checkpoint are dropped, so the file reads as
+    if the run had never stopped."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resume_at: tuple[int, int] | None = None) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.summary_path = Path(run_dir) / SUMMARY_FILE
         self.summary_values: dict[str, Any] = {}
-        if resume_step is not None and self.path.exists():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+        if resume_at is not None and self.path.exists():
+            step, next_epoch = resume_at
+            kept = [r for r in read_metrics(self.path)
+                    if (r["step"] <= step if r["kind"] == "step" else r["epoch"] < next_epoch)]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)

@@ -18,6 +18,8 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """Write `obj` with torch.save so that `path` holds either the old file or the complete new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -50,4 +52,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CnnlabError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CnnlabError(f"checkpoint {path} is not a cnnlab checkpoint (no 'model' entry)")
+    ckpt["path"] = str(path)
     return ckpt
+
+
+def load_weights(model: torch.nn.Module, checkpoint: dict) -> None:
+    """Put the checkpoint's weights into `model`, or say in one line why they do not fit."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise CnnlabError(f"checkpoint {checkpoint.get('path')} does not fit the configured model "
+                          f"({type(model).__name__}): {detail}") from e
+
+
+def check_resumable(checkpoint: dict, epochs: int) -> None:
+    """Refuse, before anything heavy starts, a checkpoint that cannot continue a run of `epochs` epochs."""
+    if "optimizer" not in checkpoint:
+        raise CnnlabError(f"checkpoint {checkpoint.get('path')} holds weights only (a best.pt?): resume from a last.pt")
+    if checkpoint["next_epoch"] > epochs:
+        raise CnnlabError(f"nothing to train: checkpoint {checkpoint.get('path')} has finished epoch "
+                          f"{checkpoint['next_epoch'] - 1}; set trainer.epochs above that")

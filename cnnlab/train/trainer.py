@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from cnnlab import CnnlabError
 from cnnlab.data import Data
 from cnnlab.track import Logger
-from cnnlab.train.checkpoint import atomic_save
+from cnnlab.train.checkpoint import atomic_save, load_weights
 
 
 def pick_device(device: str) -> torch.device:
@@ -126,19 +126,20 @@ class Trainer:
 
         epoch, start_batch, step, best_acc, running = 1, 0, 0, 0.0, None
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
+            load_weights(model, checkpoint)
             opt.load_state_dict(checkpoint["optimizer"])
             sched.load_state_dict(checkpoint["scheduler"])
             scaler.load_state_dict(checkpoint["scaler"])
-            epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+            epoch, start_batch, step = checkpoint["next_epoch"], checkpoint["next_batch"], checkpoint["step"]
             best_acc, running = checkpoint["best_acc"], checkpoint["running"]
             set_rng_state(checkpoint["rng"])
 
         def save(name: str, epoch: int, batch: int, sums: Tensor) -> None:
+            """A resumable checkpoint: training continues at batch `batch` of epoch `epoch`."""
             if self.save_checkpoints:
                 atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                             "epoch": epoch, "batch": batch, "step": step, "best_acc": best_acc,
+                             "next_epoch": epoch, "next_batch": batch, "step": step, "best_acc": best_acc,
                              "running": sums.tolist(), "rng": rng_state(), **(extra_state or {})},
                             run_dir / name)
 
