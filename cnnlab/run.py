@@ -37,6 +37,17 @@ if not OmegaConf.has_resolver("cnnlab_uid"):
     OmegaConf.register_new_resolver("cnnlab_uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
 
+def _existing_dir(path: str) -> str:
+    """${cnnlab_dir:outputs}: the path, created if missing (for files opened before any job starts, such as
+    the Optuna study database)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if not OmegaConf.has_resolver("cnnlab_dir"):
+    OmegaConf.register_new_resolver("cnnlab_dir", _existing_dir)
+
+
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """`instantiate`, with a failing constructor reported as a one-line error that names the config key."""
     try:

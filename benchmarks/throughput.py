@@ -1,0 +1,238 @@
+"""cnnlab's data path and training step against a seed-style baseline, measured side by side in one run.
+
+  python benchmarks/throughput.py [--data ../shared/data/cifar10] [--steps 6] [--models vgg16,resnet18]
+
+Prints four tables: loader images/s; training images/s per model (cnnlab's Trainer vs a plain loop over a
+torchvision DataLoader with PIL transforms, fp32, NCHW, `.item()` every step, as in the seed's main.py);
+model FLOP utilisation against this machine's measured fp32 matmul peak; peak resident memory. Every
+training measurement runs in a fresh subprocess so memory and threads do not leak between rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cnnlab.data import Data  # noqa: E402
+from cnnlab.data.loader import TensorLoader  # noqa: E402
+from cnnlab.data.sources import ImageFolder, ImageTensors  # noqa: E402
+from cnnlab.data.torchvision_loader import TensorImages, pil_transforms, torchvision_loader  # noqa: E402
+
+BATCH = 100
+MODELS = {  # name -> overrides of the model config group
+    "vgg16": ["model=vgg16"],
+    "resnet50_layer4": ["model=resnet50_layer4"],
+    "resnet18": ["model=resnet18"],
+    "vgg_compact": ["model=vgg_compact"],
+}
+AUGMENT = {"crop_padding": 4, "padding_mode": "zeros", "flip": True, "cutout": 0, "drop_last": False}
+
+
+def load(data_dir: str) -> tuple[ImageTensors, list[float], list[float]]:
+    tensors = ImageFolder(data_dir).load(os.environ.get("CNNLAB_CACHE_DIR", "~/.cache/cnnlab"))
+    mean, std = tensors.channel_stats()
+    return tensors, mean, std
+
+
+def images_per_second(loader, limit: int) -> float:
+    seen, start = 0, time.perf_counter()
+    for x, _ in loader:
+        seen += len(x)
+        if seen >= limit:
+            break
+    return seen / (time.perf_counter() - start)
+
+
+def loader_table(data_dir: str) -> list[tuple[str, float]]:
+    tensors, mean, std = load(data_dir)
+    rows = [("cnnlab TensorLoader (uint8 tensors, batched crop+flip)",
+             images_per_second(TensorLoader(tensors.train_x, tensors.train_y, BATCH, mean, std, train=True), 50_000))]
+    for workers in (0, 2):
+        dl = torchvision_loader(tensors, "train", BATCH, True, mean, std, AUGMENT, num_workers=workers)
+        rows.append((f"torchvision DataLoader, CIFAR-style PIL dataset, {workers} workers", images_per_second(dl, 5000)))
+    folder = ImageFolder(data_dir)
+    dl = torchvision_loader(folder, "train", BATCH, True, mean, std, AUGMENT, num_workers=2)
+    rows.append(("torchvision ImageFolder from PNG files, 2 workers", images_per_second(dl, 5000)))
+    return rows
+
+
+class Records:
+    """A Logger that keeps the trainer's records in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+
+    def summary(self, values: dict) -> None:
+        pass
+
+    def close(self, ok: bool = True) -> None:
+        pass
+
+
+def build_model(name: str) -> torch.nn.Module:
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return instantiate(compose("config", overrides=MODELS[name]).model)
+
+
+def flops_per_image(model: torch.nn.Module) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
+    """One training measurement: `steps` timed steps after 2 warm-up steps."""
+    torch.manual_seed(0)
+    tensors, mean, std = load(data_dir)
+    n = (steps + 2) * BATCH
+    subset = ImageTensors(tensors.train_x[:n], tensors.train_y[:n], tensors.test_x[:BATCH], tensors.test_y[:BATCH],
+                          tensors.classes)
+    model = build_model(name)
+    flops = flops_per_image(model)
+    if variant == "cnnlab":
+        from functools import partial
+
+        from cnnlab.train.schedules import constant
+        from cnnlab.train.trainer import Trainer
+
+        trainer = Trainer(epochs=2, batch_size=BATCH, log_every=10**9, save_checkpoints=False)
+        train = TensorLoader(subset.train_x, subset.train_y, BATCH, mean, std, train=True,
+                             channels_last=trainer.channels_last)
+        test = TensorLoader(subset.test_x, subset.test_y, BATCH, mean, std, train=False)
+        data = Data(train, test, subset.classes, mean, std)
+        # epoch 1 warms up; epoch 2's rate is the one reported
+        records = Records()
+        trainer.fit(model, data, partial(torch.optim.Adam, lr=1e-3), constant, records, "/nonexistent")
+        ips = [r for r in records.records if r["kind"] == "epoch"][-1]["images_per_second"]
+    else:
+        dataset = TensorImages(subset.train_x, subset.train_y, subset.classes, pil_transforms(True, mean, std))
+        loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        criterion = torch.nn.CrossEntropyLoss()
+        model.train()
+        running_loss, correct = 0.0, 0
+        for i, (images, labels) in enumerate(loader):
+            if i == 2:
+                start = time.perf_counter()
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+            correct += outputs.max(1)[1].eq(labels).sum().item()
+        ips = steps * BATCH / (time.perf_counter() - start)
+    return {"images_per_second": ips, "flops_per_image": flops,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def matmul_peak() -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    start, n = time.perf_counter(), 10
+    for _ in range(n):
+        a @ b
+    return 2 * 2048**3 * n / (time.perf_counter() - start)
+
+
+def time_to_first_step(data_dir: str) -> float:
+    """Seconds from launching `python -m cnnlab.run` (data cache warm, W&B off) to its first logged step."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.run", "dataset=imagefolder", f"dataset.root={data_dir}",
+                                 *MODELS["vgg_compact"], "logger=none", "trainer.log_every=1",
+                                 f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and metrics.stat().st_size > 0):
+            if proc.poll() is not None:
+                raise RuntimeError("cnnlab.run exited before its first step")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        proc.kill()
+        proc.wait()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--child", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.steps, args.data)))
+        return
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"# cnnlab throughput, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__},"
+          f" {torch.get_num_threads()} threads, batch {BATCH}\n")
+    load(args.data)  # build the uint8 cache once, outside every timing
+
+    print("## 1. Loader alone (train split, augmentation on)\n\n| loader | images/s | vs PIL, 0 workers |\n|---|---:|---:|")
+    rows = loader_table(args.data)
+    base = rows[1][1]
+    for label, ips in rows:
+        print(f"| {label} | {ips:,.0f} | {ips / base:.1f}x |")
+
+    peak = matmul_peak()
+    results = {}
+    for name in args.models.split(","):
+        for variant in ("seed-style", "cnnlab"):
+            out = subprocess.run([sys.executable, __file__, "--child", name, variant, "--steps", str(args.steps),
+                                  "--data", args.data], capture_output=True, text=True, check=True)
+            results[name, variant] = json.loads(out.stdout.strip().splitlines()[-1])
+
+    print("\n## 2. Training images/s (same model, batch and data; 2 warm-up steps excluded)\n")
+    print("| model | seed-style loop | cnnlab trainer | speed-up |\n|---|---:|---:|---:|")
+    for name in args.models.split(","):
+        s, c = results[name, "seed-style"]["images_per_second"], results[name, "cnnlab"]["images_per_second"]
+        print(f"| {name} | {s:,.1f} | {c:,.1f} | {c / s:.2f}x |")
+    print(f"\nStart-up: `python -m cnnlab.run` reaches its first training step {time_to_first_step(args.data):.1f} s "
+          "after launch (data cache warm, W&B off).")
+
+    print(f"\n## 3. Model FLOP utilisation (measured fp32 matmul peak: {peak / 1e9:,.0f} GFLOP/s)\n")
+    print("| model | training GFLOP/image | seed-style MFU | cnnlab MFU |\n|---|---:|---:|---:|")
+    for name in args.models.split(","):
+        f = results[name, "cnnlab"]["flops_per_image"]
+        mfu = [f * results[name, v]["images_per_second"] / peak for v in ("seed-style", "cnnlab")]
+        print(f"| {name} | {f / 1e9:.3f} | {mfu[0]:.0%} | {mfu[1]:.0%} |")
+
+    print("\n## 4. Peak resident memory of each training process (MB)\n")
+    print("| model | seed-style | cnnlab |\n|---|---:|---:|")
+    for name in args.models.split(","):
+        print(f"| {name} | {results[name, 'seed-style']['peak_rss_mb']:,.0f} | "
+              f"{results[name, 'cnnlab']['peak_rss_mb']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
