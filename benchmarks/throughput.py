@@ -62,7 +62,8 @@ def loader_table(data_dir: str) -> list[tuple[str, float]]:
              images_per_second(TensorLoader(tensors.train_x, tensors.train_y, BATCH, mean, std, train=True), 50_000))]
     for workers in (0, 2):
         dl = torchvision_loader(tensors, "train", BATCH, True, mean, std, AUGMENT, num_workers=workers)
-        rows.append((f"torchvision DataLoader, CIFAR-style PIL dataset, {workers} workers", images_per_second(dl, 5000)))
+        label = f"torchvision DataLoader, CIFAR-style PIL dataset, {workers} workers"
+        rows.append((label, images_per_second(dl, 5000)))
     folder = ImageFolder(data_dir)
     dl = torchvision_loader(folder, "train", BATCH, True, mean, std, AUGMENT, num_workers=2)
     rows.append(("torchvision ImageFolder from PNG files, 2 workers", images_per_second(dl, 5000)))
@@ -149,6 +150,14 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return (f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
 def matmul_peak() -> float:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     for _ in range(3):
@@ -192,13 +201,11 @@ def main() -> None:
         print(json.dumps(child(*args.child, args.steps, args.data)))
         return
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"# cnnlab throughput, {time.strftime('%Y-%m-%d')}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__},"
-          f" {torch.get_num_threads()} threads, batch {BATCH}\n")
+    print(f"# cnnlab throughput, {time.strftime('%Y-%m-%d')}, {machine()}, batch {BATCH}\n")
     load(args.data)  # build the uint8 cache once, outside every timing
 
-    print("## 1. Loader alone (train split, augmentation on)\n\n| loader | images/s | vs PIL, 0 workers |\n|---|---:|---:|")
+    print("## 1. Loader alone (train split, augmentation on)\n")
+    print("| loader | images/s | vs PIL, 0 workers |\n|---|---:|---:|")
     rows = loader_table(args.data)
     base = rows[1][1]
     for label, ips in rows:
