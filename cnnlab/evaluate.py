@@ -14,7 +14,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cnnlab import CnnlabError
+from cnnlab import CONF_DIR, CnnlabError
 from cnnlab.data import make_data
 from cnnlab.run import build
 from cnnlab.train.checkpoint import load_checkpoint, load_weights
@@ -85,7 +85,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, acc:
     plt.close(fig)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
 def main(cfg: DictConfig) -> float:
     out_dir = HydraConfig.get().runtime.output_dir
     try:

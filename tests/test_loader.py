@@ -117,3 +117,18 @@ def test_cutout_zeroes_a_square_in_every_image() -> None:
 def test_channels_last_and_dtype() -> None:
     x, _ = next(iter(loader(channels_last=True, dtype=torch.bfloat16)))
     assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_split_every_global_batch_of_the_single_process_order(world: int) -> None:
+    single = [(x, y) for x, y in loader(n=1000, batch_size=300, seed=4)]
+    shards = [list(loader(n=1000, batch_size=300, seed=4, rank=r, world_size=world)) for r in range(world)]
+    assert all(len(s) == len(single) for s in shards)
+    for b, (x, y) in enumerate(single):
+        assert torch.equal(torch.cat([s[b][1] for s in shards]), y)
+        assert torch.equal(torch.cat([s[b][0] for s in shards]), x)
+
+
+def test_a_last_batch_smaller_than_the_world_is_dropped_everywhere() -> None:
+    assert len(loader(n=601, batch_size=300, world_size=2)) == 2
+    assert len(loader(n=602, batch_size=300, world_size=2)) == 3

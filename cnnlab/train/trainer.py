@@ -7,6 +7,7 @@ only every `log_every` steps and at the end of an epoch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -21,7 +22,10 @@ from torch import Tensor, nn
 from cnnlab import CnnlabError
 from cnnlab.data import Data
 from cnnlab.track import Logger
+from cnnlab.train import distributed
 from cnnlab.train.checkpoint import atomic_save, load_weights
+
+log = logging.getLogger("cnnlab")
 
 
 def pick_device(device: str) -> torch.device:
@@ -59,10 +63,22 @@ class Trainer:
                  label_smoothing: float = 0.0, grad_clip: float | None = None, log_every: int = 50,
                  eval_every: int = 1, tta_flip: bool = False, save_checkpoints: bool = True,
                  checkpoint_every_steps: int = 0, deterministic: bool = False, num_workers: int = 0,
-                 resume: str | None = None) -> None:
+                 resume: str | None = None, strategy: str = "single", sync_batchnorm: bool = False,
+                 ddp_timeout_s: float = 600) -> None:
         self.epochs, self.batch_size = epochs, batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
+        distributed.setup(strategy, ddp_timeout_s)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        for key, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if size % self.world_size:
+                raise CnnlabError(f"trainer.{key} is {size}, which {self.world_size} ranks cannot share evenly: "
+                                  f"use a multiple of {self.world_size} (it is the global batch size)")
+        self.sync_batchnorm = sync_batchnorm
         self.device = pick_device(device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", distributed.local_rank())
+        if sync_batchnorm and self.world_size > 1 and self.device.type != "cuda":
+            raise CnnlabError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
         cuda = self.device.type == "cuda"
         self.precision = ("bf16" if cuda else "fp32") if precision == "auto" else precision
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -85,6 +101,13 @@ class Trainer:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        with self.autocast():
+            out = model(x).float()
+            if self.tta_flip:
+                out = (out + model(x.flip(3)).float()) / 2
+        return out
+
     @torch.inference_mode()
     def predict(self, model: nn.Module, loader: Iterable) -> tuple[Tensor, Tensor]:
         """Logits (float32, on the device) and labels of a whole loader, flip-averaged if `tta_flip`."""
@@ -92,18 +115,23 @@ class Trainer:
         logits, labels = [], []
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.autocast():
-                out = model(x).float()
-                if self.tta_flip:
-                    out = (out + model(x.flip(3)).float()) / 2
-            logits.append(out)
+            logits.append(self._logits(model, x))
             labels.append(y)
         return torch.cat(logits), torch.cat(labels)
 
+    @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
-        logits, labels = self.predict(model, loader)
-        loss = nn.functional.cross_entropy(logits, labels).item()
-        return {"test_loss": loss, "test_acc": (logits.argmax(1) == labels).float().mean().item()}
+        """Test loss and accuracy, summed over the ranks' shards of the test set."""
+        model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            out = self._logits(model, x)
+            sums += torch.stack([nn.functional.cross_entropy(out.double(), y, reduction="sum"),
+                                 (out.argmax(1) == y).sum().double(), torch.tensor(float(len(y)), device=self.device,
+                                                                                   dtype=torch.float64)])
+        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
+        return {"test_loss": loss_sum / seen, "test_acc": correct / seen}
 
     def fit(self, model: nn.Module, data: Data, optimizer: Callable, scheduler: Callable, logger: Logger,
             run_dir: str | Path, extra_state: dict[str, Any] | None = None,
@@ -114,6 +142,8 @@ class Trainer:
         configs; `checkpoint` is a loaded checkpoint to continue from.
         """
         run_dir = Path(run_dir)
+        if self.sync_batchnorm and self.world_size > 1:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -122,7 +152,12 @@ class Trainer:
         sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        forward = torch.compile(model) if self.compile else model
+        forward = model
+        if self.world_size > 1:
+            forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.compile:
+            forward = torch.compile(forward)
 
         epoch, start_batch, step, best_acc, running = 1, 0, 0, 0.0, None
         if checkpoint is not None:
@@ -131,16 +166,25 @@ class Trainer:
             sched.load_state_dict(checkpoint["scheduler"])
             scaler.load_state_dict(checkpoint["scaler"])
             epoch, start_batch, step = checkpoint["next_epoch"], checkpoint["next_batch"], checkpoint["step"]
-            best_acc, running = checkpoint["best_acc"], checkpoint["running"]
-            set_rng_state(checkpoint["rng"])
+            # RNG states and running sums are kept per rank
+            rngs, rank_sums = checkpoint["rng"], checkpoint["running"]
+            if len(rngs) != self.world_size:
+                log.warning("checkpoint has the RNG states of %d ranks, this run has %d: dropout and other random "
+                            "layers will not continue exactly", len(rngs), self.world_size)
+            best_acc, running = checkpoint["best_acc"], rank_sums[self.rank % len(rank_sums)]
+            set_rng_state(rngs[self.rank % len(rngs)])
 
         def save(name: str, epoch: int, batch: int, sums: Tensor) -> None:
             """A resumable checkpoint: training continues at batch `batch` of epoch `epoch`."""
-            if self.save_checkpoints:
+            if not self.save_checkpoints:
+                return
+            # collectives: every rank takes part, rank 0 writes
+            rngs, rank_sums = distributed.gather(rng_state()), distributed.gather(sums.tolist())
+            if self.rank == 0:
                 atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                              "next_epoch": epoch, "next_batch": batch, "step": step, "best_acc": best_acc,
-                             "running": sums.tolist(), "rng": rng_state(), **(extra_state or {})},
+                             "running": rank_sums, "rng": rngs, **(extra_state or {})},
                             run_dir / name)
 
         summary: dict[str, Any] = {}
@@ -149,11 +193,13 @@ class Trainer:
             model.train()
             if hasattr(data.train, "set_epoch"):
                 data.train.set_epoch(epoch, start_batch)
+            elif hasattr(getattr(data.train, "sampler", None), "set_epoch"):
+                data.train.sampler.set_epoch(epoch)  # torchvision path under DDP: a DistributedSampler
             # loss sum, correct, images: summed on the device, read only at log intervals
             sums = torch.tensor(running or [0.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
             running = None
             epoch_start = mark = time.perf_counter()
-            mark_images = sums[2].item()
+            mark_images = self._totals(sums)[2]
             for batch, (x, y) in enumerate(data.train, start=start_batch):
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.channels_last and x.dim() == 4:
@@ -173,7 +219,7 @@ class Trainer:
                 sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
                                      torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
                 if step % self.log_every == 0:
-                    loss_sum, correct, seen = sums.tolist()
+                    loss_sum, correct, seen = self._totals(sums)
                     self._check_finite(loss_sum, epoch, step, run_dir)
                     now = time.perf_counter()
                     logger.log({"kind": "step", "epoch": epoch, "step": step, "batch": batch + 1,
@@ -183,7 +229,7 @@ class Trainer:
                     mark, mark_images = now, seen
                 if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
                     save("last.pt", epoch, batch + 1, sums)
-            loss_sum, correct, seen = sums.tolist()
+            loss_sum, correct, seen = self._totals(sums)
             self._check_finite(loss_sum, epoch, step, run_dir)
             train_seconds = time.perf_counter() - epoch_start
             record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
@@ -198,13 +244,18 @@ class Trainer:
             best_acc = max(best_acc, record.get("test_acc", 0.0))
             epoch, start_batch = epoch + 1, 0
             save("last.pt", epoch, 0, torch.zeros(3))
-            if is_best and self.save_checkpoints:
+            if is_best and self.save_checkpoints and self.rank == 0:
                 # best.pt is for evaluation and fine-tuning: weights and config, no optimizer state
                 atomic_save({"model": model.state_dict(), "epoch": epoch - 1, "step": step,
                              "best_acc": best_acc, **(extra_state or {})}, run_dir / "best.pt")
         summary.update({"best_test_acc": best_acc, "final_test_acc": summary.get("test_acc"),
                         "train_seconds": time.perf_counter() - start})
         return summary
+
+    @staticmethod
+    def _totals(sums: Tensor) -> list[float]:
+        """Loss sum, correct and images over all ranks (the only host sync of the training loop)."""
+        return distributed.all_reduce_sum(sums.clone()).tolist()
 
     def _check_finite(self, loss_sum: float, epoch: int, step: int, run_dir: Path) -> None:
         if not math.isfinite(loss_sum):
