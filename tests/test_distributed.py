@@ -22,7 +22,8 @@ from cnnlab.train.checkpoint import load_checkpoint
 # a single process up to the order of floating-point sums.
 NO_BN = ["dataset=synthetic", "dataset.source.train_size=512", "dataset.source.test_size=256", "model=vgg11",
          "model.cfg=[16,M,32,M,64,M]", "model.classifier_batch_norm=false", "model.classifier_dropout=0",
-         "trainer.epochs=3", "trainer.batch_size=64", "trainer.deterministic=true", "trainer.log_every=2"]
+         "trainer.epochs=3", "trainer.batch_size=64", "trainer.deterministic=true", "trainer.log_every=2",
+         "trainer.precision=fp32"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 

@@ -80,3 +80,9 @@ def test_divergence_stops_with_a_clear_message(tmp_path: Path) -> None:
         train(make_cfg(*QUICK, "trainer.epochs=2", "optim=sgd", "optim.lr=1e12", "optim.momentum=0",
                        "optim.nesterov=false"), tmp_path)
     assert (tmp_path / "summary.json").exists()
+
+
+def test_evaluation_every_few_epochs_and_always_at_the_end(tmp_path: Path) -> None:
+    train(make_cfg(*QUICK, "trainer.epochs=3", "trainer.eval_every=2"), tmp_path)
+    tested = [r["epoch"] for r in epochs_of(tmp_path) if "test_acc" in r]
+    assert tested == [2, 3] and len(epochs_of(tmp_path)) == 3

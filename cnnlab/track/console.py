@@ -26,9 +26,10 @@ class ConsoleLogger:
             return
         if self.tty:
             self.stream.write("\r\033[K")
-        log.info("epoch %d | train loss %.4f acc %.4f | test loss %.4f acc %.4f | lr %.3g | %.1f s, %.0f img/s",
-                 record["epoch"], record["train_loss"], record["train_acc"], record["test_loss"],
-                 record["test_acc"], record["lr"], record["epoch_seconds"], record["images_per_second"])
+        tested = f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
+        log.info("epoch %d | train loss %.4f acc %.4f%s | lr %.3g | %.1f s, %.0f img/s", record["epoch"],
+                 record["train_loss"], record["train_acc"], tested, record["lr"], record["epoch_seconds"],
+                 record["images_per_second"])
 
     def summary(self, values: dict[str, Any]) -> None:
         pass
