@@ -1,14 +1,17 @@
-"""Checkpoints that survive crashes: atomic writes (temp file, fsync, rename) and safe loading (weights only)."""
+"""Checkpoints that survive crashes: atomic writes (temp file, fsync, rename), safe loading (weights only), and
+the RNG states a checkpoint carries for exact resume."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cnnlab import CnnlabError
@@ -73,3 +76,21 @@ def check_resumable(checkpoint: dict, epochs: int) -> None:
     if checkpoint["next_epoch"] > epochs:
         raise CnnlabError(f"nothing to train: checkpoint {checkpoint.get('path')} has finished epoch "
                           f"{checkpoint['next_epoch'] - 1}; set trainer.epochs above that")
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG this process uses (python, numpy, torch, CUDA), in weights-only-loadable types."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -23,7 +21,7 @@ from cnnlab import CnnlabError
 from cnnlab.data import Data
 from cnnlab.track import Logger
 from cnnlab.train import distributed
-from cnnlab.train.checkpoint import atomic_save, load_weights
+from cnnlab.train.checkpoint import atomic_save, load_weights, rng_state, set_rng_state
 
 log = logging.getLogger("cnnlab")
 
@@ -53,21 +51,10 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
+    """(loss sum, correct, images) of one batch as float64 on the device, to add up without host syncs."""
+    return torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(n), device=correct.device,
+                                                                          dtype=torch.float64)])
 
 
 class Trainer:
@@ -142,9 +129,8 @@ class Trainer:
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             out = self._logits(model, x)
-            sums += torch.stack([nn.functional.cross_entropy(out.double(), y, reduction="sum"),
-                                 (out.argmax(1) == y).sum().double(), torch.tensor(float(len(y)), device=self.device,
-                                                                                   dtype=torch.float64)])
+            sums += batch_sums(nn.functional.cross_entropy(out.double(), y, reduction="sum"),
+                               (out.argmax(1) == y).sum(), len(y))
         loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
         return {"test_loss": loss_sum / seen, "test_acc": correct / seen}
 
@@ -231,8 +217,7 @@ class Trainer:
                 scaler.update()
                 sched.step()
                 step += 1
-                sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
+                sums += batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
                 if step % self.log_every == 0:
                     loss_sum, correct, seen = self._totals(sums)
                     self._check_finite(loss_sum, epoch, step, run_dir)
