@@ -25,11 +25,11 @@ def wandb_run(run_dir: Path) -> dict:
     summary = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--summary", "--json",
                               str(offline)], capture_output=True, text=True, timeout=120, check=True)
     (run,) = [r["run"] for r in records if r.get("type") == "run"]
-    return {"run": run, **json.loads(summary.stdout)}
+    return {"run": run, "records": records, **json.loads(summary.stdout)}
 
 
 def test_multirun_gives_one_run_dir_and_one_finished_wandb_run_per_job(tmp_path: Path) -> None:
-    res = run_cli("-m", *FAST, "optim.lr=1e-3,3e-3", cwd=tmp_path)
+    res = run_cli("-m", *FAST, "optim.lr=1e-3,3e-3", "logger.log_checkpoint=true", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
@@ -47,6 +47,7 @@ def test_multirun_gives_one_run_dir_and_one_finished_wandb_run_per_job(tmp_path:
         assert config["dataset"]["num_classes"] == 10 and "${" not in json.dumps(config)
         lrs.append(config["optim"]["lr"])
         assert f"optim.lr={config['optim']['lr']}" in w["name"]
+        assert any(r.get("type") == "artifact" and r["artifact"]["type"] == "model" for r in w["records"])
     assert groups == {sweep.name} and lrs == [1e-3, 3e-3]
 
 
@@ -62,13 +63,16 @@ def test_two_runs_started_together_get_separate_dirs(tmp_path: Path) -> None:
 
 def test_wandb_online_with_the_network_down_falls_back_to_offline(tmp_path: Path) -> None:
     env = {"WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # nothing listens there
-    res = run_cli(*FAST, "trainer.epochs=1", "logger.mode=online", "logger.init_timeout=5", cwd=tmp_path,
-                  env=env, timeout=120)
+    res = run_cli(*FAST, "trainer.epochs=1", "logger.mode=online", "logger.init_timeout=5",
+                  "logger.log_checkpoint=true", cwd=tmp_path, env=env, timeout=120)
+    assert "artifact skipped" in res.stdout + res.stderr
     assert res.returncode == 0, res.stderr[-3000:]
     assert "logging offline instead" in res.stdout + res.stderr
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
-    assert wandb_run(run_dir)["state"] == "finished"
+    recorded = wandb_run(run_dir)
+    assert recorded["state"] == "finished"
     assert "0" * 40 not in (run_dir / "config_resolved.yaml").read_text()
+    assert "0" * 40 not in json.dumps(recorded["config"])
 
 
 def test_wandb_disabled_by_environment_wins_over_the_config(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cnnlab import CnnlabError
+
 log = logging.getLogger("cnnlab")
 
 STEP_KEYS = ("train_loss", "train_acc", "lr", "images_per_second")
@@ -44,14 +46,13 @@ class WandbLogger:
     def __init__(self, run_dir: str | Path, run_config: dict[str, Any], project: str = "cnnlab",
                  entity: str | None = None, name: str | None = None, group: str | None = None,
                  job_type: str = "train", tags: list[str] | None = None, mode: str | None = None,
-                 init_timeout: float = 15.0, run_id: str | None = None) -> None:
+                 init_timeout: float = 15.0, run_id: str | None = None, log_checkpoint: bool = False) -> None:
         import wandb
 
         self.wandb = wandb
+        self.run_dir, self.log_checkpoint, self.fell_back = Path(run_dir), log_checkpoint, False
         self.mode = resolve_mode(mode)
         if self.mode not in ("online", "offline", "disabled"):
-            from cnnlab import CnnlabError
-
             raise CnnlabError(f"logger.mode is {self.mode!r}; allowed: online, offline, disabled (or null)")
         kwargs = dict(project=project, entity=entity, name=name, group=group, job_type=job_type,
                       tags=list(tags or []), config=run_config, dir=str(run_dir), id=run_id,
@@ -64,7 +65,7 @@ class WandbLogger:
                 raise
             log.warning("W&B online start failed (%s); logging offline instead, sync later with `wandb sync`",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            self.mode = "offline"
+            self.mode, self.fell_back = "offline", True
             self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
         self.run.define_metric("epoch")
         self.run.define_metric("step")
@@ -88,4 +89,12 @@ class WandbLogger:
         self.run.summary.update(values)
 
     def close(self, ok: bool = True) -> None:
+        best = self.run_dir / "best.pt"
+        if ok and self.log_checkpoint and best.exists() and self.fell_back:
+            # after a failed online start, artifact logging would keep retrying the unreachable server
+            log.warning("W&B checkpoint artifact skipped (the server was unreachable); %s stays in the run dir", best)
+        elif ok and self.log_checkpoint and best.exists():
+            artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(self.run.summary))
+            artifact.add_file(str(best))
+            self.run.log_artifact(artifact, aliases=["best"])
         self.run.finish(exit_code=0 if ok else 1)
