@@ -23,7 +23,7 @@ import yaml
 
 from cnnlab.track.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
 
-IGNORED = ("seed", "trainer.resume", "cache_dir", "data_dir")  # never what makes two configs different
+IGNORED = ("seed", "trainer.resume", "cache_dir", "data_dir")  # key suffixes that never make two configs differ
 
 
 @dataclass
@@ -76,8 +76,7 @@ def runs_from_wandb(path: str, group: str | None) -> list[Run]:
 
 def differing_keys(runs: list[Run]) -> list[str]:
     keys = sorted({k for r in runs for k in r.config})
-    return [k for k in keys if not k.endswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1
-            and not (k.endswith(".seed") and k.split(".")[0] == "dataset")]
+    return [k for k in keys if not k.endswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -132,3 +132,17 @@ def test_submitit_launcher_with_two_tasks_is_one_ddp_job(tmp_path: Path, single:
     assert json.loads((job / "summary.json").read_text())["world_size"] == 2
     assert len(list(job.glob("wandb/offline-run-*"))) == 1
     assert_same_figures(epochs_of(job), epochs_of(single))
+
+
+def test_a_rank_that_dies_takes_the_job_down_without_a_hang(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = torchrun(*NO_BN, "logger=none", "trainer.epochs=50", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    while not (run_dir / "metrics.jsonl").exists() or not read_metrics(run_dir / "metrics.jsonl"):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.01)
+    ranks = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+    os.kill(int(ranks.split()[-1]), signal.SIGKILL)  # one rank dies mid-training
+    started = time.monotonic()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - started < 60
+    assert "Signals.SIGKILL" in out or "exitcode  : -9" in out  # torchrun names the rank that died

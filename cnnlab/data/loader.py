@@ -1,0 +1,143 @@
+"""Batches straight from uint8 tensors held on the training device, augmented with batched tensor ops.
+
+Each epoch draws, from a generator seeded by (seed, epoch), a permutation and every sample's crop offset,
+flip and cutout centre up front. So an epoch is reproducible on its own and can be resumed at any batch, and
+there is no per-image Python work and no worker process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+PaddingMode = Literal["zeros", "reflect"]
+
+
+def _shifted_index(offset: Tensor, padding: int, length: int, mode: PaddingMode) -> tuple[Tensor, Tensor]:
+    """Source indices of a crop taken at `offset` from an image padded by `padding`, and their validity."""
+    idx = offset[:, None] - padding + torch.arange(length, device=offset.device)
+    if mode == "reflect":
+        idx = idx.abs()
+        idx = torch.where(idx > length - 1, 2 * (length - 1) - idx, idx)
+        return idx, torch.ones_like(idx, dtype=torch.bool)
+    valid = (idx >= 0) & (idx < length)
+    return idx.clamp(0, length - 1), valid
+
+
+def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int,
+              mode: PaddingMode = "zeros") -> Tensor:
+    """RandomCrop(size, padding) + RandomHorizontalFlip for a whole batch in one gather.
+
+    `dy`, `dx` are offsets in [0, 2*padding] into the padded image (torchvision's crop corner); `flip` is a
+    bool per image. Zero padding fills with 0 exactly like torchvision's default fill.
+    """
+    b, c, h, w = images.shape
+    rows, row_ok = _shifted_index(dy, padding, h, mode)
+    cols, col_ok = _shifted_index(dx, padding, w, mode)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    col_ok = torch.where(flip[:, None], col_ok.flip(1), col_ok)
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    chan = torch.arange(c, device=images.device)[None, :, None, None]
+    out = images[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    if mode == "zeros" and padding > 0:
+        out = out * (row_ok[:, None, :, None] & col_ok[:, None, None, :])
+    return out
+
+
+def cutout(x: Tensor, cy: Tensor, cx: Tensor, size: int) -> Tensor:
+    """Zero a size x size square whose centre is (cy, cx) in each image, clipped at the borders."""
+    h, w = x.shape[-2:]
+    top, left = cy - size // 2, cx - size // 2
+    ys = torch.arange(h, device=x.device)[None, :]
+    xs = torch.arange(w, device=x.device)[None, :]
+    in_y = (ys >= top[:, None]) & (ys < top[:, None] + size)
+    in_x = (xs >= left[:, None]) & (xs < left[:, None] + size)
+    return x.masked_fill(in_y[:, None, :, None] & in_x[:, None, None, :], 0)
+
+
+class TensorLoader:
+    """Yields (normalised float images, labels) batches on `device`.
+
+    train=True shuffles and augments (crop with `crop_padding`, flip, cutout of `cutout` pixels, each
+    optional); train=False walks the data in order without augmentation. Under DDP each global batch of
+    `batch_size` is split across the `world_size` ranks, so the global order is the same for any world size.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], *, train: bool, device: str | torch.device = "cpu", seed: int = 0,
+                 crop_padding: int = 4, padding_mode: PaddingMode = "zeros", flip: bool = True,
+                 cutout: int = 0, drop_last: bool = False, channels_last: bool = False,
+                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1) -> None:
+        if padding_mode not in ("zeros", "reflect"):
+            raise ValueError(f"augment.padding_mode is {padding_mode!r}; allowed: zeros, reflect")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.train = train
+        self.seed = seed
+        self.crop_padding = crop_padding if train else 0
+        self.padding_mode = padding_mode
+        self.flip = flip and train
+        self.cutout = cutout if train else 0
+        self.drop_last = drop_last and train
+        self.channels_last = channels_last
+        self.dtype = dtype
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device)[None, :, None, None]
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)[None, :, None, None]
+        self.scale = (1.0 / (255.0 * std_t)).to(dtype)
+        self.shift = (mean_t / std_t).to(dtype)
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.labels), self.batch_size)
+        # a last partial batch too small to give every rank a sample is dropped on all ranks alike
+        return full + (0 < rest and not self.drop_last and rest >= self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch whose permutation and augmentation to draw, and the batch to start from."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _plan(self) -> dict[str, Tensor]:
+        n, (h, w) = len(self.labels), self.images.shape[-2:]
+        if not self.train:
+            return {"order": torch.arange(n, device=self.device)}
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        p = self.crop_padding
+        plan = {"order": torch.randperm(n, generator=g),
+                "dy": torch.randint(0, 2 * p + 1, (n,), generator=g),
+                "dx": torch.randint(0, 2 * p + 1, (n,), generator=g),
+                "flip": torch.rand(n, generator=g) < (0.5 if self.flip else 0.0),
+                "cy": torch.randint(0, h, (n,), generator=g),
+                "cx": torch.randint(0, w, (n,), generator=g)}
+        return {k: v.to(self.device) for k, v in plan.items()}
+
+    def _shard(self, b: int) -> slice:
+        """This rank's part of global batch `b`: contiguous, sizes differing by at most one across ranks."""
+        start = b * self.batch_size
+        size = min(len(self.labels), start + self.batch_size) - start
+        q, r = divmod(size, self.world_size)
+        lo = start + self.rank * q + min(self.rank, r)
+        return slice(lo, lo + q + (self.rank < r))
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        plan = self._plan()
+        for b in range(self.start_batch, len(self)):
+            sl = self._shard(b)
+            idx = plan["order"][sl]
+            x = self.images[idx]
+            if self.crop_padding or self.flip:
+                x = crop_flip(x, plan["dy"][sl], plan["dx"][sl], plan["flip"][sl], self.crop_padding,
+                              self.padding_mode)
+            x = x.to(self.dtype).mul_(self.scale).sub_(self.shift)
+            if self.cutout:
+                x = cutout(x, plan["cy"][sl], plan["cx"][sl], self.cutout)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+        self.start_batch = 0

@@ -1,0 +1,255 @@
+"""Where pixels come from: CIFAR-10/100 batch files, an image-folder tree, or a synthetic task.
+
+Every source returns the whole dataset as uint8 tensors (N, 3, H, W) with int64 labels; it knows nothing
+about augmentation or devices. Image folders are decoded once, in parallel, into a cache file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import pickle
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+from torch import Tensor
+
+from cnnlab import CnnlabError
+from cnnlab.train.checkpoint import atomic_save
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+@dataclass
+class ImageTensors:
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    classes: list[str]
+    stats: tuple[list[float], list[float]] | None = None
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images on the 0..1 scale (computed once)."""
+        if self.stats is None:
+            self.stats = self._compute_stats()
+        return self.stats
+
+    def _compute_stats(self) -> tuple[list[float], list[float]]:
+        total = torch.zeros(3, dtype=torch.float64)
+        total_sq = torch.zeros(3, dtype=torch.float64)
+        for chunk in self.train_x.split(4096):
+            x = chunk.to(torch.float64) / 255
+            total += x.sum((0, 2, 3))
+            total_sq += (x * x).sum((0, 2, 3))
+        n = self.train_x.shape[0] * self.train_x.shape[2] * self.train_x.shape[3]
+        mean = total / n
+        std = (total_sq / n - mean**2).sqrt()
+        return mean.tolist(), std.tolist()
+
+
+def _resolve(root: str) -> Path:
+    # Relative paths resolve against the launch dir: cnnlab runs Hydra with job.chdir=false.
+    return Path(root).expanduser().resolve()
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR
+CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key="labels", names_key="label_names"),
+    "cifar100": dict(folder="cifar-100-python", archive="cifar-100-python.tar.gz",
+                     md5="eb9058c3a382ffc7106e4002c42a8d85", train=["train"], test=["test"], meta="meta",
+                     label_key="fine_labels", names_key="fine_label_names"),
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The CIFAR batch files are pickles: allow plain containers and numpy arrays, nothing that runs code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
+        return {"ndarray": np.ndarray, "dtype": np.dtype, "_reconstruct": _reconstruct, "encode": codecs.encode}[name]
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise CnnlabError(f"cannot read CIFAR batch file {path}: {e}") from e
+
+
+class Cifar:
+    """CIFAR-10 or CIFAR-100 from the python batch files under `root`, downloaded there if missing."""
+
+    def __init__(self, root: str, variant: Literal["cifar10", "cifar100"] = "cifar10",
+                 download: bool = True) -> None:
+        if variant not in CIFAR:
+            raise CnnlabError(f"dataset.source.variant is {variant!r}; allowed: {sorted(CIFAR)}")
+        self.root = _resolve(root)
+        self.variant = variant
+        self.download = download
+
+    def load(self, cache_dir: str | None = None) -> ImageTensors:
+        spec = CIFAR[self.variant]
+        folder = self.root / spec["folder"]
+        if not folder.is_dir():
+            self._fetch(spec)
+
+        def read(names: list[str]) -> tuple[Tensor, Tensor]:
+            batches = [_read_batch(folder / name) for name in names]
+            x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32)
+            y = np.concatenate([np.asarray(b[spec["label_key"]]) for b in batches])
+            return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(y.astype(np.int64))
+
+        train_x, train_y = read(spec["train"])
+        test_x, test_y = read(spec["test"])
+        classes = list(_read_batch(folder / spec["meta"])[spec["names_key"]])
+        return ImageTensors(train_x, train_y, test_x, test_y, classes)
+
+    def _fetch(self, spec: dict) -> None:
+        archive = self.root / spec["archive"]
+        if not archive.is_file():
+            if not self.download:
+                raise CnnlabError(self._missing(spec, "dataset.source.download is false"))
+            from torchvision.datasets.utils import download_url
+
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                download_url(CIFAR_URL + spec["archive"], str(self.root), spec["archive"], spec["md5"])
+            except Exception as e:  # noqa: BLE001 - any network/disk failure gets the same advice
+                raise CnnlabError(self._missing(spec, f"download failed ({type(e).__name__})")) from e
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                tar.extractall(self.root, filter="data")
+        except (OSError, tarfile.TarError) as e:
+            raise CnnlabError(f"cannot extract {archive}: {e}") from e
+
+    def _missing(self, spec: dict, why: str) -> str:
+        return (f"{self.variant} not found in {self.root} and {why}: put {spec['archive']} (or its extracted "
+                f"{spec['folder']}/) into that dir (set data_dir=...), or use dataset=imagefolder dataset.root=...")
+
+
+# -------------------------------------------------------------------------------------- image folders
+def _decode(path: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise CnnlabError(f"cannot decode image {path}: {e}") from e
+
+
+def _decode_many(paths: list[str], size: int) -> np.ndarray:
+    return np.stack([_decode(p, size) for p in paths])
+
+
+class ImageFolder:
+    """A `train/<class>/*` + `test/<class>/*` tree of images (read-only is fine), resized to `image_size`."""
+
+    def __init__(self, root: str, image_size: int = 32, workers: int | None = None) -> None:
+        self.root = _resolve(root)
+        self.image_size = image_size
+        self.workers = workers or os.cpu_count() or 1
+
+    def files(self, split: str) -> tuple[list[str], list[int], list[str], str]:
+        """Image paths, labels and class names of `split`, and a fingerprint of the files' names, sizes, mtimes."""
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise CnnlabError(f"dataset.root {self.root} has no '{split}/' dir (expected train/<class>/*, "
+                              f"test/<class>/*)")
+        classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir())
+        paths, labels, digest = [], [], hashlib.sha256()
+        for label, name in enumerate(classes):
+            entries = sorted((e for e in os.scandir(split_dir / name)
+                              if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES), key=lambda e: e.name)
+            for e in entries:
+                st = e.stat()
+                digest.update(f"{name}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            paths += [e.path for e in entries]
+            labels += [label] * len(entries)
+        if not paths:
+            raise CnnlabError(f"dataset.root {split_dir} holds no images in class subdirs "
+                              f"(allowed suffixes: {' '.join(sorted(IMAGE_SUFFIXES))})")
+        return paths, labels, classes, digest.hexdigest()
+
+    def load(self, cache_dir: str | None = None) -> ImageTensors:
+        listing = {split: self.files(split) for split in ("train", "test")}
+        if listing["train"][2] != listing["test"][2]:
+            raise CnnlabError(f"dataset.root {self.root}: train/ and test/ have different class dirs")
+        cache = self._cache_path(cache_dir, listing) if cache_dir else None
+        if cache is not None and cache.is_file():
+            try:
+                payload = torch.load(cache, weights_only=True)
+                return ImageTensors(**payload)
+            except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+                pass
+        tensors = {}
+        with ProcessPoolExecutor(self.workers) as pool:
+            for split, (paths, labels, *_) in listing.items():
+                chunks = [paths[i:i + 1000] for i in range(0, len(paths), 1000)]
+                arrays = list(pool.map(_decode_many, chunks, [self.image_size] * len(chunks)))
+                tensors[f"{split}_x"] = torch.from_numpy(np.concatenate(arrays))
+                tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
+        data = ImageTensors(**tensors, classes=listing["train"][2])
+        if cache is not None:
+            data.channel_stats()
+            for stale in cache.parent.glob(f"{self._cache_prefix()}*.pt"):  # this tree's outdated decodes
+                stale.unlink(missing_ok=True)
+            atomic_save(vars(data), cache)
+        return data
+
+    def _cache_path(self, cache_dir: str, listing: dict) -> Path:
+        """<cache_dir>/imagefolder-<name>-<hash of root>-<hash of the files and size>.pt"""
+        content = "|".join([str(self.image_size), *(fp for *_, fp in listing.values())])
+        return _resolve(cache_dir) / f"{self._cache_prefix()}{hashlib.sha256(content.encode()).hexdigest()[:16]}.pt"
+
+    def _cache_prefix(self) -> str:
+        return f"imagefolder-{self.root.name}-{hashlib.sha256(str(self.root).encode()).hexdigest()[:8]}-"
+
+
+# ------------------------------------------------------------------------------------------ synthetic
+class Synthetic:
+    """A learnable in-memory task: each class is a smooth random colour pattern plus pixel noise."""
+
+    def __init__(self, num_classes: int = 10, train_size: int = 2000, test_size: int = 500,
+                 image_size: int = 32, noise: float = 48.0, seed: int = 0) -> None:
+        self.num_classes, self.train_size, self.test_size = num_classes, train_size, test_size
+        self.image_size, self.noise, self.seed = image_size, noise, seed
+
+    def load(self, cache_dir: str | None = None) -> ImageTensors:
+        g = torch.Generator().manual_seed(self.seed)
+        s = self.image_size
+        coarse = torch.rand(self.num_classes, 3, 4, 4, generator=g) * 2 - 1
+        templates = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
+
+        def sample(n: int) -> tuple[Tensor, Tensor]:
+            y = torch.randint(0, self.num_classes, (n,), generator=g)
+            x = templates[y] * 70 + 128
+            x = x + torch.randn(n, 3, s, s, generator=g) * self.noise
+            return x.round().clamp(0, 255).to(torch.uint8), y
+
+        train_x, train_y = sample(self.train_size)
+        test_x, test_y = sample(self.test_size)
+        return ImageTensors(train_x, train_y, test_x, test_y, [f"class{i}" for i in range(self.num_classes)])
