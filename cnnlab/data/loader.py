@@ -97,7 +97,7 @@ class TensorLoader:
     def __len__(self) -> int:
         full, rest = divmod(len(self.labels), self.batch_size)
         # a last partial batch too small to give every rank a sample is dropped on all ranks alike
-        return full + (0 < rest and not self.drop_last and rest >= self.world_size)
+        return full + (not self.drop_last and rest >= self.world_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch whose permutation and augmentation to draw, and the batch to start from."""
