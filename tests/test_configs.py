@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, make_cfg
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -19,16 +19,20 @@ def test_seed_experiments_are_the_seeds_main_py(name: str) -> None:
     assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0
     assert cfg.sched._target_ == "cnnlab.train.schedules.constant" and cfg.sched.warmup_epochs == 0
     assert cfg.augment.crop_padding == 4 and cfg.augment.flip and cfg.augment.padding_mode == "zeros"
-    assert cfg.augment.cutout == 0 and cfg.trainer.label_smoothing == 0
+    assert cfg.augment.cutout == 0 and cfg.trainer.label_smoothing == 0 and cfg.trainer.precision == "fp32"
     assert list(cfg.dataset.mean) == [0.4914, 0.4822, 0.4465]
     assert list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]  # the seed's (wrong) std, for fidelity
 
 
-def test_root_config_is_the_seed_vgg16_run_with_the_correct_std() -> None:
+def test_root_config_is_the_seed_vgg16_run_with_the_correct_std_and_machine_precision() -> None:
     root, seed = make_cfg(), make_cfg("experiment=seed_vgg16")
     assert list(root.dataset.std) == [0.2470, 0.2435, 0.2616]
-    for key in ("model", "optim", "sched", "trainer", "augment"):
+    for key in ("model", "optim", "sched", "augment"):
         assert root[key] == seed[key], key
+    assert root.trainer.precision == "auto" and seed.trainer.precision == "fp32"  # the seed ran in fp32
+    with open_dict(root):
+        root.trainer.precision = "fp32"
+    assert root.trainer == seed.trainer
 
 
 def test_num_classes_is_written_once_and_interpolated() -> None:
