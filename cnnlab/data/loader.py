@@ -39,11 +39,11 @@ def crop_flip(images: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, padding: int
     cols, col_ok = _shifted_index(dx, padding, w, mode)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     col_ok = torch.where(flip[:, None], col_ok.flip(1), col_ok)
-    batch = torch.arange(b, device=images.device)[:, None, None, None]
-    chan = torch.arange(c, device=images.device)[None, :, None, None]
-    out = images[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    # two gathers (rows, then columns) over index views that expand without copying
+    out = images.gather(2, rows[:, None, :, None].expand(b, c, h, w))
+    out = out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
     if mode == "zeros" and padding > 0:
-        out = out * (row_ok[:, None, :, None] & col_ok[:, None, None, :])
+        out.mul_(row_ok[:, None, :, None] & col_ok[:, None, None, :])
     return out
 
 
@@ -88,7 +88,7 @@ class TensorLoader:
         self.dtype = dtype
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)[None, :, None, None]
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)[None, :, None, None]
-        self.scale = (1.0 / (255.0 * std_t)).to(dtype)
+        self.scale = (1.0 / (255.0 * std_t)).to(dtype)  # (x / 255 - mean) / std = x * scale - shift
         self.shift = (mean_t / std_t).to(dtype)
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -134,10 +134,10 @@ class TensorLoader:
             if self.crop_padding or self.flip:
                 x = crop_flip(x, plan["dy"][sl], plan["dx"][sl], plan["flip"][sl], self.crop_padding,
                               self.padding_mode)
+            if self.channels_last:  # change layout while the pixels are 1 byte, not 4
+                x = x.contiguous(memory_format=torch.channels_last)
             x = x.to(self.dtype).mul_(self.scale).sub_(self.shift)
             if self.cutout:
                 x = cutout(x, plan["cy"][sl], plan["cx"][sl], self.cutout)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             yield x, self.labels[idx]
         self.start_batch = 0
