@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -17,7 +17,8 @@ from cnnlab.data.sources import ImageFolder, ImageTensors
 class TensorImages(Dataset):
     """uint8 (N, 3, H, W) tensors served as PIL images, like torchvision's CIFAR10 dataset does."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], transform) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                 transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.images = images.permute(0, 2, 3, 1).numpy()
         self.labels = labels.tolist()
         self.classes = classes
