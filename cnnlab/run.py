@@ -169,14 +169,40 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
-    rank = int(os.environ.get("RANK", "0"))
+    if "RANK" not in os.environ:
+        main()
+        return
+    rank = int(os.environ["RANK"])
     if rank > 0 and not {"-m", "--multirun"} & set(sys.argv):
         # torchrun's other ranks: rank 0 owns the run dir and the console; these keep Hydra's files in scratch
         scratch = tempfile.mkdtemp(prefix=f"cnnlab-rank{rank}-")
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
                      "hydra/hydra_logging=disabled"]
-    main()
+    try:
+        main()
+        code: int | str | None = 0
+    except SystemExit as e:
+        code = e.code
+    exit_now(code)
+
+
+def exit_now(code: int | str | None) -> None:
+    """Leave a torchrun rank without the interpreter's shutdown.
+
+    DDP keeps the process group, and so gloo's worker threads, alive past destroy_process_group; a worker still
+    freeing a finished collective's tensors when the interpreter shuts down cannot take the GIL and aborts the
+    process (pytorch/pytorch#179291). Everything is written and W&B finished by now; flush and go.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    logging.shutdown()
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 if __name__ == "__main__":
