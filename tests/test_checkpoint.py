@@ -15,9 +15,10 @@ import torch
 from conftest import ROOT, SYNTH, TINY, make_cfg
 
 from cnnlab import CnnlabError
+from cnnlab.atomic import atomic_save
 from cnnlab.run import train
 from cnnlab.track.metrics import read_metrics
-from cnnlab.train.checkpoint import atomic_save, load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
 
 QUICK = [*TINY, *SYNTH, "logger=none", "trainer.batch_size=64"]
 

@@ -26,7 +26,7 @@ except ImportError:  # numpy < 2
 from torch import Tensor
 
 from cnnlab import CnnlabError
-from cnnlab.train.checkpoint import atomic_save
+from cnnlab.atomic import atomic_save
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 

@@ -4,9 +4,10 @@ logger and read back by `cnnlab.compare` and the tests."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from cnnlab.atomic import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -37,9 +38,7 @@ class MetricsFile:
             step, next_epoch = resume_at
             kept = [r for r in read_metrics(self.path)
                     if (r["step"] <= step if r["kind"] == "step" else r["epoch"] < next_epoch)]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             if self.summary_path.exists():
                 self.summary_values = json.loads(self.summary_path.read_text())
         elif self.path.exists():
@@ -52,9 +51,7 @@ class MetricsFile:
 
     def summary(self, values: dict[str, Any]) -> None:
         self.summary_values.update(values)
-        tmp = self.summary_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.summary_values, indent=2) + "\n")
-        os.replace(tmp, self.summary_path)
+        atomic_write_text(self.summary_path, json.dumps(self.summary_values, indent=2) + "\n")
 
     def close(self, ok: bool = True) -> None:
         self.summary({"status": "finished" if ok else "failed"})

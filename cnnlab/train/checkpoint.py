@@ -1,12 +1,10 @@
-"""Checkpoints that survive crashes: atomic writes (temp file, fsync, rename), safe loading (weights only), and
-the RNG states a checkpoint carries for exact resume."""
+"""Checkpoints that survive crashes: safe loading (weights only), resumability checks, and the RNG states a
+checkpoint carries for exact resume. (Writes go through cnnlab.atomic.)"""
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,29 +13,6 @@ import numpy as np
 import torch
 
 from cnnlab import CnnlabError
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write `obj` with torch.save so that `path` holds either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab import CnnlabError
+from cnnlab.atomic import atomic_save
 from cnnlab.data import Data
 from cnnlab.track import Logger
 from cnnlab.train import distributed
-from cnnlab.train.checkpoint import atomic_save, load_weights, rng_state, set_rng_state
+from cnnlab.train.checkpoint import load_weights, rng_state, set_rng_state
 
 log = logging.getLogger("cnnlab")
 
