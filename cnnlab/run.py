@@ -184,10 +184,10 @@ def cli() -> None:
         code: int | str | None = 0
     except SystemExit as e:
         code = e.code
-    exit_now(code)
+    exit_without_shutdown(code)
 
 
-def exit_now(code: int | str | None) -> None:
+def exit_without_shutdown(code: int | str | None) -> None:
     """Leave a torchrun rank without the interpreter's shutdown.
 
     DDP keeps the process group, and so gloo's worker threads, alive past destroy_process_group; a worker still
