@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, SYNTH, TINY, run_cli, write_image_tree
 
 from cnnlab.track.metrics import read_metrics
@@ -86,6 +87,9 @@ def test_wandb_disabled_by_environment_wins_over_the_config(tmp_path: Path) -> N
     ("optim.lr=-1", "error: optim.lr is -1; it must be a positive number"),
     ("trainer.epochs=0", "error: trainer.epochs is 0; it must be a positive integer"),
     ("model.cfg=[16,Q,32]", "error: model: model.cfg[1] is 'Q': entries must be positive ints (conv widths) or 'M'"),
+    ("trainer.device=tpu", "error: trainer.device is 'tpu'; allowed: auto, cpu, cuda, cuda:N, mps"),
+    pytest.param("trainer.device=cuda", "error: trainer.device is 'cuda' but no CUDA device is available here: use "
+                 "trainer.device=auto, or cpu", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
 ])
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(tmp_path: Path, override: str, message: str) -> None:
     res = run_cli(*FAST, "logger=none", override, cwd=tmp_path, timeout=120)

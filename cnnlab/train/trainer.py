@@ -34,7 +34,20 @@ def pick_device(device: str) -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        picked = torch.device(device)
+    except RuntimeError:
+        raise CnnlabError(f"trainer.device is {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
+    if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
+        raise CnnlabError(f"trainer.device is {device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s): use trainer.device=auto, or cpu")
+    if picked.type == "cuda" and not torch.cuda.is_available():
+        raise CnnlabError(f"trainer.device is {device!r} but no CUDA device is available here: "
+                          "use trainer.device=auto, or cpu")
+    if picked.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CnnlabError(f"trainer.device is {device!r} but MPS is not available here: use trainer.device=auto, "
+                          "or cpu")
+    return picked
 
 
 def native_bf16(device: torch.device) -> bool:
