@@ -31,23 +31,27 @@ def pick_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         picked = torch.device(device)
     except RuntimeError:
         raise CnnlabError(f"trainer.device is {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
-    if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
-        raise CnnlabError(f"trainer.device is {device!r} but this machine has {torch.cuda.device_count()} CUDA "
-                          "device(s): use trainer.device=auto, or cpu")
+    missing = None
     if picked.type == "cuda" and not torch.cuda.is_available():
-        raise CnnlabError(f"trainer.device is {device!r} but no CUDA device is available here: "
-                          "use trainer.device=auto, or cpu")
-    if picked.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CnnlabError(f"trainer.device is {device!r} but MPS is not available here: use trainer.device=auto, "
-                          "or cpu")
+        missing = "no CUDA device is available here"
+    elif picked.type == "cuda" and (picked.index or 0) >= torch.cuda.device_count():
+        missing = f"this machine has {torch.cuda.device_count()} CUDA device(s)"
+    elif picked.type == "mps" and not mps_available():
+        missing = "MPS is not available here"
+    if missing:
+        raise CnnlabError(f"trainer.device is {device!r} but {missing}: use trainer.device=auto, or cpu")
     return picked
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
 def native_bf16(device: torch.device) -> bool:
