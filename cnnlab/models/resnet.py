@@ -1,20 +1,25 @@
-"""ResNet from block type, block counts and widths, stem and where each stage downsamples.
+"""ResNet from block type, block counts and widths; every convention a ResNet variant differs in is a key.
 
-Two block styles:
-- "standard" (torchvision / kuangliu): conv-BN(-ReLU) without conv bias, a projection shortcut only where
-  the shape changes, ReLU after the residual add.
-- "seed" (the course exercise's ResNet50_layer4): every conv has a bias and is followed by BN and ReLU,
-  the last one of the branch and the shortcut projection included, and there is no ReLU after the add.
+- `stride_at`: where a downsampling bottleneck puts its stride: on the 3x3 (torchvision, "ResNet v1.5") or on
+  its first 1x1 (the original paper's Caffe models, and the seed). Basic blocks stride their first 3x3.
+- `relu`: "after_add" (torchvision): conv-BN-ReLU, except that the branch's last conv and the shortcut have no
+  ReLU, which follows the residual add. "every_conv" (the seed): every conv, the branch's last and the
+  shortcut projection included, is followed by BN and ReLU, and nothing follows the add.
+- `conv_bias`, `shortcut` (identity where the shape allows, or always a projection), `downsample_at` (the
+  first or the last block of a stage), `stem`, `init` (cnnlab.models.init) and `zero_init_residual`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import Literal
 
 from torch import Tensor, nn
 
-Style = Literal["standard", "seed"]
+from cnnlab.models.init import Init, init_weights
+
+Relu = Literal["after_add", "every_conv"]
+StrideAt = Literal["3x3", "1x1"]
 Shortcut = Literal["identity_when_possible", "always_project"]
 Stem = Literal["cifar", "imagenet"]
 DownsampleAt = Literal["first", "last"]
@@ -32,22 +37,24 @@ def conv_bn(c_in: int, c_out: int, kernel: int, stride: int = 1, relu: bool = Tr
 
 
 class Block(nn.Module):
-    """A residual block: `branch(x) + shortcut(x)`, then ReLU in the standard style."""
+    """A residual block: `branch(x) + shortcut(x)`, then ReLU when relu="after_add"."""
 
     expansion = 1
 
-    def __init__(self, c_in: int, width: int, stride: int, style: Style, shortcut: Shortcut) -> None:
+    def __init__(self, c_in: int, width: int, stride: int, relu: Relu, shortcut: Shortcut, stride_at: StrideAt,
+                 conv_bias: bool) -> None:
         super().__init__()
-        seed = style == "seed"
+        every = relu == "every_conv"
         c_out = width * self.expansion
-        self.branch = self.make_branch(c_in, width, c_out, stride, seed)
+        self.branch = self.make_branch(c_in, width, c_out, stride, every, stride_at, conv_bias)
         if shortcut == "identity_when_possible" and stride == 1 and c_in == c_out:
             self.shortcut: nn.Module = nn.Identity()
         else:
-            self.shortcut = conv_bn(c_in, c_out, 1, stride, relu=seed, bias=seed)
-        self.out_relu = nn.Identity() if seed else nn.ReLU(inplace=True)
+            self.shortcut = conv_bn(c_in, c_out, 1, stride, relu=every, bias=conv_bias)
+        self.out_relu = nn.Identity() if every else nn.ReLU(inplace=True)
 
-    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, seed: bool) -> nn.Sequential:
+    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, last_relu: bool, stride_at: StrideAt,
+                    bias: bool) -> nn.Sequential:
         raise NotImplementedError
 
     def last_bn(self) -> nn.BatchNorm2d:
@@ -60,18 +67,21 @@ class Block(nn.Module):
 class BasicBlock(Block):
     expansion = 1
 
-    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, seed: bool) -> nn.Sequential:
-        return nn.Sequential(conv_bn(c_in, width, 3, stride, bias=seed),
-                             conv_bn(width, c_out, 3, relu=seed, bias=seed))
+    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, last_relu: bool, stride_at: StrideAt,
+                    bias: bool) -> nn.Sequential:
+        return nn.Sequential(conv_bn(c_in, width, 3, stride, bias=bias),
+                             conv_bn(width, c_out, 3, relu=last_relu, bias=bias))
 
 
 class Bottleneck(Block):
     expansion = 4
 
-    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, seed: bool) -> nn.Sequential:
-        return nn.Sequential(conv_bn(c_in, width, 1, bias=seed),
-                             conv_bn(width, width, 3, stride, bias=seed),
-                             conv_bn(width, c_out, 1, relu=seed, bias=seed))
+    def make_branch(self, c_in: int, width: int, c_out: int, stride: int, last_relu: bool, stride_at: StrideAt,
+                    bias: bool) -> nn.Sequential:
+        first, middle = (stride, 1) if stride_at == "1x1" else (1, stride)
+        return nn.Sequential(conv_bn(c_in, width, 1, first, bias=bias),
+                             conv_bn(width, width, 3, middle, bias=bias),
+                             conv_bn(width, c_out, 1, relu=last_relu, bias=bias))
 
 
 BLOCKS: dict[str, type[Block]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -86,30 +96,19 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: Literal["basic", "bottleneck"], layers: Sequence[int], widths: Sequence[int],
-                 num_classes: int, strides: Sequence[int] | None = None,
-                 stem: Stem = "cifar", stem_width: int = 64,
-                 downsample_at: DownsampleAt = "first", style: Style = "standard",
-                 shortcut: Shortcut = "identity_when_possible", zero_init_residual: bool = False,
-                 in_channels: int = 3) -> None:
+                 num_classes: int, strides: Sequence[int] | None = None, stem: Stem = "cifar", stem_width: int = 64,
+                 downsample_at: DownsampleAt = "first", stride_at: StrideAt = "3x3", relu: Relu = "after_add",
+                 conv_bias: bool = False, shortcut: Shortcut = "identity_when_possible",
+                 init: Init = "kaiming_fan_out", zero_init_residual: bool = False, in_channels: int = 3) -> None:
         super().__init__()
-        if block not in BLOCKS:
-            raise ValueError(f"model.block is {block!r}; allowed: {sorted(BLOCKS)}")
         strides = list(strides) if strides is not None else [1] + [2] * (len(layers) - 1)
         if not (len(layers) == len(widths) == len(strides)) or not layers:
             raise ValueError("model.layers, model.widths and model.strides must be non-empty and equally long")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
-        for key, value, choices in (("stem", stem, Stem), ("downsample_at", downsample_at, DownsampleAt),
-                                    ("style", style, Style), ("shortcut", shortcut, Shortcut)):
-            allowed = get_args(choices)
-            if value not in allowed:
-                raise ValueError(f"model.{key} is {value!r}; allowed: {list(allowed)}")
         block_cls = BLOCKS[block]
-        seed = style == "seed"
         if stem == "cifar":
-            self.stem = conv_bn(in_channels, stem_width, 3, bias=seed)
+            self.stem = conv_bn(in_channels, stem_width, 3, bias=conv_bias)
         else:
-            self.stem = nn.Sequential(conv_bn(in_channels, stem_width, 7, 2, bias=seed),
+            self.stem = nn.Sequential(conv_bn(in_channels, stem_width, 7, 2, bias=conv_bias),
                                       nn.MaxPool2d(3, stride=2, padding=1))
         c_in = stem_width
         stages = []
@@ -117,16 +116,14 @@ class ResNet(nn.Module):
             at = 0 if downsample_at == "first" else n_blocks - 1
             blocks = []
             for i in range(n_blocks):
-                blocks.append(block_cls(c_in, width, stride if i == at else 1, style, shortcut))
+                blocks.append(block_cls(c_in, width, stride if i == at else 1, relu, shortcut, stride_at, conv_bias))
                 c_in = width * block_cls.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self, init)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Block):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+
+from cnnlab.models.init import Init, init_weights
 
 
 def make_layers(cfg: Sequence[int | str], batch_norm: bool = False, in_channels: int = 3) -> nn.Sequential:
@@ -43,18 +44,15 @@ def make_classifier(in_features: int, hidden: Sequence[int], num_classes: int, d
 
 
 class VGG(nn.Module):
-    """Features from `cfg`, global pooling to 1x1 where needed, then an MLP classifier.
+    """Features from `cfg`, global max-pooling to 1x1 where needed, then an MLP classifier.
 
-    Conv weights are drawn from N(0, sqrt(2 / (k*k*out_channels))) with zero bias, as in the seed and the
-    original VGG code; linear and norm layers keep PyTorch's defaults.
+    `init` defaults to "vgg_normal" (the seed's and the original VGG code's); see cnnlab.models.init.
     """
 
     def __init__(self, cfg: Sequence[int | str], num_classes: int, batch_norm: bool = False,
                  classifier_hidden: Sequence[int] = (512,), classifier_dropout: float = 0.5,
-                 classifier_batch_norm: bool = True, in_channels: int = 3) -> None:
+                 classifier_batch_norm: bool = True, init: Init = "vgg_normal", in_channels: int = 3) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be positive, got {num_classes}")
         if not any(v != "M" for v in cfg):
             raise ValueError("model.cfg needs at least one conv width")
         self.features = make_layers(list(cfg), batch_norm, in_channels)
@@ -62,11 +60,7 @@ class VGG(nn.Module):
         width = next(v for v in reversed(cfg) if v != "M")
         self.classifier = make_classifier(width, list(classifier_hidden), num_classes, classifier_dropout,
                                           classifier_batch_norm)
-        for m in self.features.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                nn.init.zeros_(m.bias)
+        init_weights(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))
