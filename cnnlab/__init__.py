@@ -2,10 +2,12 @@
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-# conf/ beside the package: a checkout and an editable install (`pip install -e .`) both have it there.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs: cnnlab/conf/ in an installed wheel (setup.py copies them there), else conf/ beside the package
+# (a checkout, or an editable install).
+_PACKAGED = Path(__file__).resolve().parent / "conf"
+CONF_DIR = str(_PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "conf")
 
 
 class CnnlabError(Exception):

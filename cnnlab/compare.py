@@ -1,9 +1,15 @@
-"""`python -m cnnlab.compare DIR [DIR ...]`: one row per distinct config across runs and sweeps, mean ± std
-over seeds, sorted by test accuracy; written as text, CSV and Markdown, with a PNG of the curves.
+"""`python -m cnnlab.compare DIR [DIR ...]` (or `cnnlab-compare`): one row per distinct config across runs and
+sweeps, mean ± std over seeds, sorted by best validation accuracy; written as text, CSV and Markdown, with a PNG
+of the curves.
 
-A row's config is what differs between the runs' resolved configs (the seed excluded). Runs come from run
-dirs found under the given dirs (metrics.jsonl + config_resolved.yaml), or from W&B with `--wandb
-ENTITY/PROJECT --group GROUP` when online.
+A row is named by the command-line overrides that differ between the runs, as the user typed them (each run's
+.hydra/overrides.yaml: `model=vgg11_bn optim.lr=0.01`), the seed left out. Runs without that record fall back
+to the resolved config keys that differ. Runs come from run dirs found under the given dirs, or from W&B with
+`--wandb ENTITY/PROJECT --group GROUP` when online.
+
+Columns: n (seeds), best val (the best validation accuracy of each run), test at best val (the test accuracy
+of that same epoch: what a selected model scores), final test (the last epoch's), epochs, wall s, img/s.
+Validation selects; test is only reported.
 """
 
 from __future__ import annotations
@@ -21,21 +27,34 @@ from typing import Any
 
 import yaml
 
-from cnnlab.track.metrics import METRICS_FILE, SUMMARY_FILE, read_metrics
+from cnnlab.rundir import RunDir
+from cnnlab.track.metrics import read_metrics
 
-IGNORED = ("seed", "trainer.resume", "cache_dir", "data_dir")  # key suffixes that never make two configs differ
+# never what makes two configs differ: the seed (rows average over it), and where files live
+IGNORED = {"seed", "data.seed", "trainer.resume", "cache_dir", "data.cache_dir", "data_dir"}
+METRICS = (("val_acc", "validation accuracy"), ("test_acc", "test accuracy"), ("train_loss", "train loss"))
 
 
 @dataclass
 class Run:
     name: str
-    config: dict[str, Any]  # flattened: "optim.lr" -> 0.001
+    config: dict[str, Any]  # flattened resolved config: "optim.lr" -> 0.001
+    overrides: dict[str, str] | None  # "optim.lr" -> "0.01", as typed; None without Hydra's record
     epochs: list[dict[str, Any]] = field(default_factory=list)  # the epoch records, in order
-    seconds: float | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def best_val(self) -> tuple[float, float] | None:
+        """(best validation accuracy, test accuracy of that epoch), or None without a validation split."""
+        rated = [r for r in self.epochs if "val_acc" in r]
+        if not rated:
+            return None
+        best = max(rated, key=lambda r: r["val_acc"])  # the first of equals, as the trainer selects
+        return best["val_acc"], best["test_acc"]
 
     @property
-    def tested(self) -> list[dict[str, Any]]:
-        return [r for r in self.epochs if "test_acc" in r]
+    def final_test(self) -> float | None:
+        tested = [r for r in self.epochs if "test_acc" in r]
+        return tested[-1]["test_acc"] if tested else None
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -47,18 +66,28 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(tree) if isinstance(tree, list) else tree}
 
 
+def parse_overrides(lines: list[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        key, _, value = line.partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
 def runs_from_dirs(dirs: list[Path]) -> list[Run]:
     runs = []
     for top in dirs:
-        for metrics in sorted(top.rglob(METRICS_FILE), key=lambda p: str(p)):
-            run_dir = metrics.parent
-            config_file = run_dir / "config_resolved.yaml"
-            if not config_file.exists():
+        for metrics in sorted(top.rglob(RunDir(Path()).metrics.name), key=str):
+            run_dir = RunDir(metrics.parent)
+            if not run_dir.config.exists():
                 continue
-            summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if (run_dir / SUMMARY_FILE).exists() else {}
+            overrides_file = run_dir.hydra / "overrides.yaml"
+            overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) \
+                if overrides_file.exists() else None
+            summary = json.loads(run_dir.summary.read_text()) if run_dir.summary.exists() else {}
             epochs = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
-            runs.append(Run(str(run_dir), flatten(yaml.safe_load(config_file.read_text())), epochs,
-                            summary.get("train_seconds")))
+            runs.append(Run(str(run_dir.path), flatten(yaml.safe_load(run_dir.config.read_text())), overrides, epochs,
+                            summary))
     return runs
 
 
@@ -67,95 +96,121 @@ def runs_from_wandb(path: str, group: str | None) -> list[Run]:
 
     runs = []
     for r in wandb.Api(timeout=30).runs(path, filters={"group": group} if group else None):
-        keys = ["epoch", "test_acc", "test_loss", "train_loss", "train_acc", "images_per_second", "epoch_seconds"]
+        keys = ["epoch", "val_acc", "test_acc", "train_loss", "images_per_second", "epoch_seconds"]
         epochs = [row for row in r.scan_history(keys=keys) if row.get("epoch") is not None]
-        runs.append(Run(r.name, flatten({k: v for k, v in r.config.items() if not k.startswith("_")}), epochs,
-                        r.summary.get("train_seconds")))
+        runs.append(Run(r.name, flatten({k: v for k, v in r.config.items() if not k.startswith("_")}), None, epochs,
+                        dict(r.summary)))
     return runs
 
 
-def differing_keys(runs: list[Run]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.config})
-    return [k for k in keys if not k.endswith(IGNORED) and len({repr(r.config.get(k)) for r in runs}) > 1]
+def labels(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """Each run's row label and the keys that tell the rows apart: the overrides that differ, where every run
+    has Hydra's record of them, else the resolved config keys that differ."""
+    by_overrides = all(r.overrides is not None for r in runs)
+    values = [r.overrides if by_overrides else r.config for r in runs]
+    keys = list(dict.fromkeys(k for v in values for k in v))  # in the order they were typed
+    differing = [k for k in keys if k not in IGNORED and not k.startswith("hydra.")
+                 and len({repr(v.get(k)) for v in values}) > 1]
+    return [" ".join(f"{k}={v[k]}" if k in v else f"{k}=(default)" for k in differing) or "(all runs alike)"
+            for v in values], differing
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def table(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]], dict[str, list[Run]]]:
-    keys = differing_keys(runs)
+    runs = [r for r in runs if r.final_test is not None]
+    names, keys = labels(runs)
     groups: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        if run.tested:
-            groups[" ".join(f"{k}={run.config.get(k)}" for k in keys) or "(all runs alike)"].append(run)
+    for name, run in zip(names, runs, strict=True):
+        groups[name].append(run)
     rows = []
-    for label, members in groups.items():
-        final = mean_std([r.tested[-1]["test_acc"] for r in members])
-        best = mean_std([max(e["test_acc"] for e in r.tested) for r in members])
-        rows.append({"config": label, "n": len(members), "final_acc": final[0], "final_std": final[1],
-                     "best_acc": best[0], "best_std": best[1],
+    for name, members in groups.items():
+        selected = [r.best_val() for r in members if r.best_val() is not None]
+        rows.append({"config": name, "n": len(members), "best_val": mean_std([v for v, _ in selected]),
+                     "test_at_best_val": mean_std([t for _, t in selected]),
+                     "final_test": mean_std([r.final_test for r in members]),
                      "epochs": max(r.epochs[-1]["epoch"] for r in members),
-                     "wall_s": statistics.fmean([r.seconds or sum(e.get("epoch_seconds", 0) for e in r.epochs)
-                                                 for r in members]),
+                     "wall_s": statistics.fmean([r.summary.get("train_seconds") or
+                                                 sum(e.get("epoch_seconds", 0) for e in r.epochs) for r in members]),
                      "images_per_s": statistics.fmean([statistics.fmean([e.get("images_per_second", 0)
                                                                          for e in r.epochs]) for r in members])})
-    rows.sort(key=lambda row: row["final_acc"], reverse=True)
+    rows.sort(key=lambda row: (row["best_val"] or row["final_test"])[0], reverse=True)
     return keys, rows, groups
 
 
+HEAD = ["config", "n", "best val", "test at best val", "final test", "epochs", "wall s", "img/s"]
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    def pct(value: tuple[float, float] | None) -> str:
+        return f"{100 * value[0]:.2f} ± {100 * value[1]:.2f}" if value else "-"
+
+    return [row["config"], str(row["n"]), pct(row["best_val"]), pct(row["test_at_best_val"]), pct(row["final_test"]),
+            str(row["epochs"]), f"{row['wall_s']:.0f}", f"{row['images_per_s']:.0f}"]
+
+
 def as_text(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    head = ["config", "n", "final test acc", "best test acc", "epochs", "wall s", "img/s"]
-    body = [[r["config"], str(r["n"]), f"{100 * r['final_acc']:.2f} ± {100 * r['final_std']:.2f}",
-             f"{100 * r['best_acc']:.2f} ± {100 * r['best_std']:.2f}", str(r["epochs"]), f"{r['wall_s']:.0f}",
-             f"{r['images_per_s']:.0f}"] for r in rows]
+    body = [cells(r) for r in rows]
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 1)]
+        lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" + "---:|" * (len(HEAD) - 1)]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    widths = [max(len(x) for x in col) for col in zip(HEAD, *body, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return "\n".join(fmt.format(*line) for line in [head, *body]) + "\n"
+    return "\n".join(fmt.format(*line) for line in [HEAD, *body]) + "\n"
 
 
 def as_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["config"])
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buf)
+    writer.writerow(["config", "n", "best_val", "best_val_std", "test_at_best_val", "test_at_best_val_std",
+                     "final_test", "final_test_std", "epochs", "wall_s", "images_per_s"])
+    for r in rows:
+        stats = [x for key in ("best_val", "test_at_best_val", "final_test") for x in (r[key] or ("", ""))]
+        writer.writerow([r["config"], r["n"], *stats, r["epochs"], f"{r['wall_s']:.1f}", f"{r['images_per_s']:.1f}"])
     return buf.getvalue()
 
 
 def plot(groups: dict[str, list[Run]], rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per metric, one line (mean, with a band over seeds, and markers) per row, the legend below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    seen = {k for members in groups.values() for r in members for e in r.epochs for k in e}
+    metrics = [(k, title) for k, title in METRICS if k in seen]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for row in rows:
-        members = groups[row["config"]]
-        for ax, key in ((acc_ax, "test_acc"), (loss_ax, "train_loss")):
+        for ax, (key, _) in zip(axes[0], metrics, strict=True):
             by_epoch: dict[int, list[float]] = defaultdict(list)
-            for run in members:
+            for run in groups[row["config"]]:
                 for e in run.epochs:
                     if key in e:
                         by_epoch[e["epoch"]].append(e[key])
             xs = sorted(by_epoch)
             means = [statistics.fmean(by_epoch[x]) for x in xs]
             stds = [statistics.stdev(by_epoch[x]) if len(by_epoch[x]) > 1 else 0.0 for x in xs]
-            (line,) = ax.plot(xs, means, label=f"{row['config'][:60]} (n={row['n']})")
+            (line,) = ax.plot(xs, means, marker="o", markersize=4 if len(xs) < 30 else 0,
+                              label=f"{row['config']} (n={row['n']})")
             ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
                             [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
-    acc_ax.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy (mean ± std over seeds)")
-    loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
-    acc_ax.legend(fontsize=7, loc="lower right")
+    for ax, (_, title) in zip(axes[0], metrics, strict=True):
+        ax.set(xlabel="epoch", title=f"{title} (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnnlab.compare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="cnnlab-compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dirs", nargs="*", type=Path, help="sweep dirs or run dirs (searched recursively)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online)")
@@ -170,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs_from_wandb(args.wandb, args.group) if args.wandb else runs_from_dirs(args.dirs)
     keys, rows, groups = table(runs)
     if not rows:
-        print(f"error: no finished runs with test accuracy found in {' '.join(map(str, args.dirs))}", file=sys.stderr)
+        print(f"error: no finished runs with test accuracy found in {' '.join(map(str, args.dirs))}",
+              file=sys.stderr)
         return 1
-    print(f"{len(runs)} runs, {len(rows)} configs" + (f", differing in: {', '.join(keys)}" if keys else ""))
+    differing = f", differing in: {', '.join(keys)}" if keys else ""
+    print(f"{sum(r['n'] for r in rows)} runs, {len(rows)} configs{differing}")
     print(as_text(rows), end="")
     out = args.out or (args.dirs[0] if args.dirs else Path("."))
     out.mkdir(parents=True, exist_ok=True)
@@ -183,5 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,5 +1,9 @@
-"""`python -m cnnlab.run [overrides]`: compose the config, build data, model, optimizer, schedule and loggers
-with Hydra `instantiate`, train, and return the final test accuracy (what sweepers optimise)."""
+"""`python -m cnnlab.run [overrides]` (or `cnnlab-run`): compose the config, build data, model, optimizer,
+schedule and loggers with Hydra `instantiate`, train, and return the run's objective (by default the best
+validation accuracy: what sweepers optimise; never a test figure unless `objective=final_test_acc`).
+
+Every check runs before the run dir is written: a refused run leaves it as it was.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import random
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +19,62 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR, CnnlabError
-from cnnlab.config import validate
-from cnnlab.data import make_data
-from cnnlab.track import Loggers
-from cnnlab.track.console import ConsoleLogger
+from cnnlab.config import build, validate
+from cnnlab.data import Data
+from cnnlab.rundir import RunDir, remove_if_empty
+from cnnlab.runtime import Interrupted
 from cnnlab.track.git import git_state
-from cnnlab.track.metrics import MetricsFile
+from cnnlab.track.records import records
 from cnnlab.train import distributed
-from cnnlab.train.checkpoint import check_resumable, load_checkpoint
-from cnnlab.train.trainer import Trainer
+from cnnlab.train.checkpoint import check_compatible
 
 log = logging.getLogger("cnnlab")
 
-# A short random id per launch keeps run dirs unique even when two runs start in the same second; Hydra
-# copies resolver caches into every job of a multirun, so a sweep's jobs share one id.
-if not OmegaConf.has_resolver("cnnlab_uid"):
-    OmegaConf.register_new_resolver("cnnlab_uid", lambda: uuid.uuid4().hex[:6], use_cache=True)
 
-
-def _existing_dir(path: str) -> str:
-    """${cnnlab_dir:outputs}: the path, created if missing (for files opened before any job starts, such as
-    the Optuna study database)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return path
-
-
-if not OmegaConf.has_resolver("cnnlab_dir"):
-    OmegaConf.register_new_resolver("cnnlab_dir", _existing_dir)
-
-
-def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """`instantiate`, with a failing constructor reported as a one-line error that names the config key."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__ or e
-        if isinstance(cause, CnnlabError):
-            raise cause from None
-        raise CnnlabError(f"{key}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from e
+def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: str | None = None,
+          hydra_record: dict[str, Any] | None = None) -> float | None:
+    """Run one training job into `run_dir`; return its objective. Under DDP every rank calls this; rank 0's
+    run dir is the run's, and only rank 0 writes files and logs."""
+    validate(cfg)
+    with build(cfg.runtime, "runtime") as runtime:
+        run_dir = RunDir(Path(distributed.broadcast(str(run_dir))))
+        trainer = build(cfg.trainer, "trainer")
+        ckpt = trainer.checkpoint_to_resume(run_dir)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if ckpt is not None:
+            check_compatible(ckpt, config)
+        seed_everything(cfg.seed + runtime.rank)
+        data = build(cfg.data, "data")(device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
+                                       channels_last=runtime.channels_last)
+        model = build_model(cfg, data, runtime.rank)
+        state = trainer.prepare(model, build(cfg.optim, "optim"), build(cfg.sched, "sched"), len(data.train), runtime)
+        if ckpt is not None:
+            trainer.restore(state, ckpt, runtime)
+        if runtime.rank > 0:
+            trainer.fit(state, data, runtime, NO_LOGGER, run_dir, extras={})
+            return None
+        # every check has passed: from here on the run dir is written
+        resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
+        with records(run_dir, cfg, hydra_record, resume_at=resume_at, wandb_id=ckpt["wandb_id"] if ckpt else None,
+                     name=name, group=group) as loggers:
+            params = sum(p.numel() for p in state.model.parameters())
+            log.info("data: %s", data.description)
+            log.info("model: %s, %s parameters on %s x %d -> %s", cfg.model._target_, f"{params:,}", runtime.device,
+                     runtime.world_size, run_dir.path)
+            if ckpt is not None:
+                log.info("resuming %s at epoch %d, step %d", ckpt["path"], state.progress.epoch, state.progress.step)
+            loggers.summary({"num_parameters": params, "device": str(runtime.device), "precision": runtime.precision,
+                             "world_size": runtime.world_size, "run_dir": str(run_dir.path), "data": data.description,
+                             **git_state(Path(__file__).parent)})
+            extras = {"config": config, "classes": data.classes, "wandb_id": loggers.wandb_id}
+            summary = trainer.fit(state, data, runtime, loggers, run_dir, extras)
+            loggers.summary(summary)
+    return summary[cfg.objective]
 
 
 def seed_everything(seed: int) -> None:
@@ -68,104 +83,70 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def find_resume(resume: str | None, run_dir: Path) -> Path | None:
-    last = run_dir / "last.pt"
-    if resume is None:
-        if last.exists():
-            raise CnnlabError(f"run dir {run_dir} already holds {last.name}: continue it with trainer.resume=auto "
-                              "or pick another hydra.run.dir")
-        return None
-    if resume == "auto":
-        if not last.exists():
-            raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir} "
-                              "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
-        return last
-    return Path(resume).expanduser().resolve()
-
-
-def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: str | None = None) -> float:
-    """Run one training job into `run_dir`; return its final test accuracy.
-
-    Under DDP every rank calls this; rank 0's run dir is the run's, and only rank 0 writes files and logs.
-    """
-    validate(cfg)
-    trainer = build(cfg.trainer, "trainer")  # joins the process group under DDP
-    try:
-        result = _train(cfg, trainer, Path(distributed.broadcast(str(run_dir))), name, group)
-        distributed.barrier()  # ranks leave together: a rank exiting mid-teardown aborts gloo
-        return result
-    finally:
-        distributed.teardown()
-
-
-def _train(cfg: DictConfig, trainer: Trainer, run_dir: Path, name: str | None, group: str | None) -> float:
-    main_rank = trainer.rank == 0
-    resume_path = find_resume(cfg.trainer.resume, run_dir)
-    checkpoint = load_checkpoint(resume_path) if resume_path else None
-    if checkpoint is not None:
-        check_resumable(checkpoint, cfg.trainer.epochs)
-    seed_everything(cfg.seed + trainer.rank)
-    source = build(cfg.dataset.source, "dataset.source")
-    data = make_data(source, loader=cfg.dataset.loader, augment=OmegaConf.to_container(cfg.augment),
-                     batch_size=cfg.trainer.batch_size, eval_batch_size=trainer.eval_batch_size,
-                     mean=cfg.dataset.mean, std=cfg.dataset.std, device=trainer.device, seed=cfg.seed,
-                     cache_dir=cfg.cache_dir, channels_last=trainer.channels_last,
-                     num_workers=cfg.trainer.num_workers, rank=trainer.rank, world_size=trainer.world_size)
-    with open_dict(cfg):
-        if cfg.dataset.num_classes is None:
-            cfg.dataset.num_classes = len(data.classes)
-        if cfg.dataset.mean is None or cfg.dataset.std is None:
-            cfg.dataset.mean, cfg.dataset.std = data.mean, data.std
+def build_model(cfg: DictConfig, data: Data, rank: int) -> torch.nn.Module:
+    """The configured model, with the same initial weights on every rank; refused in one line if the data's
+    class count or image size does not fit it."""
     if cfg.dataset.num_classes != len(data.classes):
         raise CnnlabError(f"dataset.num_classes is {cfg.dataset.num_classes} but the data has "
                           f"{len(data.classes)} classes")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and for any world size
+    torch.manual_seed(cfg.seed)
     model = build(cfg.model, "model")
-    torch.manual_seed(cfg.seed + trainer.rank)
-    config = OmegaConf.to_container(cfg, resolve=True)
-
-    loggers, wandb_logger = Loggers(), None
-    if main_rank:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.logger.get("_target_"):
-            # partial: the run's config must reach W&B as data, not be instantiated recursively
-            wandb_logger = build(cfg.logger, "logger", _partial_=True)(
-                run_dir=run_dir, run_config=config, name=name, group=group or name,
-                run_id=checkpoint.get("wandb_id") if checkpoint else None)
-        resume_at = (checkpoint["step"], checkpoint["next_epoch"]) if checkpoint else None
-        loggers = Loggers(MetricsFile(run_dir, resume_at=resume_at), ConsoleLogger(), wandb_logger)
-    ok = False
     try:
-        params = sum(p.numel() for p in model.parameters())
-        loggers.summary({"num_parameters": params, "device": str(trainer.device), "world_size": trainer.world_size,
-                         "run_dir": str(run_dir), **git_state(Path(__file__).parent)})
-        if main_rank:
-            log.info("%s: %s parameters on %s x %d, %d train / %d test batches -> %s", cfg.model._target_,
-                     f"{params:,}", trainer.device, trainer.world_size, len(data.train), len(data.test), run_dir)
-        extra = {"config": config, "wandb_id": wandb_logger.run_id if wandb_logger else None}
-        summary = trainer.fit(model, data, build(cfg.optim, "optim"), build(cfg.sched, "sched"), loggers,
-                              run_dir, extra_state=extra, checkpoint=checkpoint)
-        loggers.summary(summary)
-        ok = True
-    finally:
-        loggers.close(ok)
-    return summary["final_test_acc"]
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *data.image_shape))
+    except RuntimeError as e:
+        shape = "x".join(map(str, data.image_shape))
+        raise CnnlabError(f"model: a {shape} image does not fit through it ({str(e).splitlines()[0]})") from None
+    torch.manual_seed(cfg.seed + rank)
+    return model
+
+
+class _NoLogger:
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self, status: str = "finished") -> None:
+        pass
+
+
+NO_LOGGER = _NoLogger()
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job that failed with a one-line error: Hydra prints just that line, and a sweeper records the
+    failure (Optuna: a FAIL trial) and goes on."""
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    name = hc.job.override_dirname or None
-    group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
+    run_dir = Path(hc.runtime.output_dir)
+    group = Path(hc.sweep.dir).name if multirun else run_dir.name
+    hydra_record = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
+                    "overrides.yaml": hc.overrides.task}
     try:
-        return train(cfg, hc.runtime.output_dir, name=name or group, group=group)
+        return train(cfg, run_dir, name=hc.job.override_dirname or group, group=group, hydra_record=hydra_record)
     except CnnlabError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun:
-            log.error("error: %s", e)
+        remove_if_empty(run_dir)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if multirun:
+            log.error("error: %s", e)
+            raise JobFailed(f"error: {e}") from None
         sys.exit(f"error: {e}")
+    except Interrupted as e:
+        remove_if_empty(run_dir)
+        last = RunDir(run_dir).last
+        held = f"; {last} holds the run: continue it with trainer.resume=auto hydra.run.dir={run_dir}" \
+            if last.exists() else ""
+        print(f"{e}{held}", file=sys.stderr)
+        if e.then is not None:
+            e.then()  # submitit's preemption handling: requeue this job into the same run dir, and exit
+        sys.exit(e.exit_code)
 
 
 def cli() -> None:
@@ -177,8 +158,7 @@ def cli() -> None:
         # torchrun's other ranks: rank 0 owns the run dir and the console; these keep Hydra's files in scratch
         scratch = tempfile.mkdtemp(prefix=f"cnnlab-rank{rank}-")
         sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")]
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
-                     "hydra/hydra_logging=disabled"]
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         main()
         code: int | str | None = 0

@@ -1,11 +1,17 @@
-"""Shared helpers: compose the real configs, tiny model overrides, a generated image-folder tree."""
+"""Shared helpers: compose the real configs, tiny model overrides, a generated image-folder tree, subprocess
+runs as users launch them, and W&B runs read back with W&B's own inspector.
+
+Tiers: `pytest -m "not slow"` is the everyday tier (in-process, under a minute); CI runs everything.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +19,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-import cnnlab.run  # noqa: F401 - registers the config resolvers
+import cnnlab.config  # noqa: F401 - registers the config resolvers
+from cnnlab.track.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -23,19 +30,21 @@ SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
 TINY = ["model=vgg11_bn", "model.cfg=[16,M,32,M,64,M]", "model.classifier_hidden=[]",
         "model.classifier_dropout=0.0"]
 SYNTH = ["dataset=synthetic", "dataset.source.train_size=512", "dataset.source.test_size=256"]
+QUICK = [*TINY, *SYNTH, "logger=none", "trainer.log_every=4", "data.batch_size=64"]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_SWEEP_ID", "WANDB_RUN_ID",
+                "HYDRA_FULL_ERROR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def make_cfg(*overrides: str) -> DictConfig:
+def make_cfg(*overrides: str, config_name: str = "config") -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
@@ -44,6 +53,45 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300,
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def epochs_of(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    """Records without their wall-clock figures, which differ between any two runs."""
+    return [{k: v for k, v in r.items() if "second" not in k} for r in records]
+
+
+def job_dirs(launch_dir: Path) -> list[Path]:
+    """The job dirs of the one sweep under `launch_dir`/outputs/multirun, in job order."""
+    (sweep,) = (launch_dir / "outputs" / "multirun").iterdir()
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def wandb_inspect(offline_run: Path) -> dict[str, Any]:
+    """What W&B recorded for one offline run dir, read back with its own inspector: the summary view plus
+    `records`, every record of the run's file."""
+    wandb = str(Path(sys.executable).parent / "wandb")
+    out = subprocess.run([wandb, "leet", "inspect", "--json", str(offline_run)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    summary = subprocess.run([wandb, "leet", "inspect", "--summary", "--json", str(offline_run)],
+                             capture_output=True, text=True, timeout=120, check=True)
+    (run,) = [r["run"] for r in records if r.get("type") == "run"]
+    return {"run": run, "records": records, **json.loads(summary.stdout)}
+
+
+def wandb_run(run_dir: Path) -> dict[str, Any]:
+    """The W&B run of a run dir that holds exactly one offline run."""
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    return wandb_inspect(offline)
+
+
+def history_steps(inspected: dict[str, Any]) -> list[int]:
+    return [r["history"]["_step"] for r in inspected["records"] if r.get("type") == "history"
+            and "_step" in r.get("history", {})]
 
 
 def write_image_tree(root: Path, per_class: dict[str, int], classes: int = 3, size: int = 32,
@@ -60,3 +108,11 @@ def write_image_tree(root: Path, per_class: dict[str, int], classes: int = 3, si
                 img = np.clip(base + rng.normal(0, 40, base.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i:05d}.png")
     return root
+
+
+def snapshot(path: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under `path` with its bytes and mode: to prove a refused run changed nothing."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mode) for p in sorted(path.rglob("*"))
+            if p.is_file()}

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, safe loading, clear errors, and exact resume after a real SIGKILL."""
+"""Checkpoints are data: hostile ones run nothing and get one line; writes are atomic, concurrency-safe and
+take the umask; and a run killed anywhere resumes bit-identical."""
 
 from __future__ import annotations
 
@@ -9,81 +10,217 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, SYNTH, TINY, make_cfg
+from conftest import QUICK, ROOT, TINY, make_cfg, untimed
 
 from cnnlab import CnnlabError
-from cnnlab.atomic import atomic_save
+from cnnlab.atomic import FILE_MODE, atomic_save, atomic_write_text, remove_orphans
+from cnnlab.evaluate import evaluate
 from cnnlab.run import train
 from cnnlab.track.metrics import read_metrics
-from cnnlab.train.checkpoint import load_checkpoint
-
-QUICK = [*TINY, *SYNTH, "logger=none", "trainer.batch_size=64"]
+from cnnlab.train import checkpoint
 
 
-def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path: Path) -> None:
-    path = tmp_path / "last.pt"
-    atomic_save({"model": {"w": torch.ones(3)}}, path)
-    with pytest.raises((pickle.PicklingError, AttributeError)):  # "can't pickle local object"
-        atomic_save({"model": {"w": lambda: None}}, path)
-    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(make_cfg(*QUICK, "trainer.epochs=1"), run_dir)
+    return run_dir
+
+
+class Payload:
+    """Pickles to a call of os.system: the classic code-in-a-checkpoint attack."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted(trained: Path, tmp_path: Path, edit: Any, name: str = "last.pt") -> Path:
+    """A copy of a real checkpoint with `edit(ckpt)` applied, saved as a plain torch file."""
+    ckpt = torch.load(trained / name, weights_only=True)
+    edit(ckpt)
+    path = tmp_path / f"crafted_{name}"
+    torch.save(ckpt, path)
+    return path
+
+
+def hostile_configs(tmp_path: Path, marker: Path) -> dict[str, Any]:
+    payload = tmp_path / "payload.pt"
+    torch.save({"x": Payload(marker)}, payload)
+    return {
+        "torch.load of a payload": ("model", {"_target_": "torch.load", "f": str(payload), "weights_only": False}),
+        "builtins.open": ("model", {"_target_": "builtins.open", "file": str(marker), "mode": "w"}),
+        "a nested target in a model key": ("model.init", {"_target_": "os.system", "command": f"touch {marker}"}),
+        "an extra instantiate key": ("model._args_", [str(marker)]),
+        "a hostile data source": ("dataset.source", {"_target_": "os.system", "command": f"touch {marker}"}),
+        "a hostile data node": ("data._target_", "os.system"),
+        "an interpolation": ("model.init", "${cnnlab.dir:" + str(marker) + "}"),
+        "an env interpolation": ("data_dir", "${oc.env:HOME}"),
+    }
+
+
+def set_key(tree: dict, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree[part]
+    tree[last] = value
+
+
+@pytest.mark.parametrize("case", ["torch.load of a payload", "builtins.open", "a nested target in a model key",
+                                  "an extra instantiate key", "a hostile data source", "a hostile data node",
+                                  "an interpolation", "an env interpolation"])
+@pytest.mark.parametrize("use", ["evaluate", "resume"])
+def test_a_checkpoint_naming_code_runs_nothing_and_gets_one_line(trained: Path, tmp_path: Path, case: str,
+                                                                 use: str) -> None:
+    marker = tmp_path / "pwned"
+    key, value = hostile_configs(tmp_path, marker)[case]
+    path = crafted(trained, tmp_path, lambda c: set_key(c["config"], key, value))
+    with pytest.raises(CnnlabError) as err:
+        if use == "evaluate":
+            evaluate(make_cfg(f"checkpoint={path}", config_name="evaluate"), tmp_path / "eval")
+        else:
+            train(make_cfg(*QUICK, "trainer.epochs=2", f"trainer.resume={path}"), tmp_path / "run")
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 def test_a_pickle_with_a_code_payload_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "evil.pt"
-    torch.save({"model": {}, "payload": Payload()}, path)
+    torch.save({"format": 2, "model": {}, "payload": Payload(marker)}, path)
     with pytest.raises(CnnlabError, match="refused by the weights-only loader"):
-        load_checkpoint(path)
+        checkpoint.load(path)
     assert not marker.exists()
 
 
-def test_truncated_checkpoint_is_reported_in_one_line(tmp_path: Path) -> None:
-    train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path / "run")
-    data = (tmp_path / "run" / "last.pt").read_bytes()
-    broken = tmp_path / "broken.pt"
-    broken.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CnnlabError, match=r"checkpoint .*broken\.pt is truncated or corrupt") as err:
-        load_checkpoint(broken)
+ENTRIES = ["format", "kind", "model", "progress", "config", "classes", "wandb_id", "optimizer", "scheduler",
+           "scaler", "running", "rng"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+@pytest.mark.parametrize("wrong", ["a string", 7, None, ["a", "list"]])
+def test_a_wrong_type_in_any_entry_is_one_line(trained: Path, tmp_path: Path, entry: str, wrong: Any) -> None:
+    path = crafted(trained, tmp_path, lambda c: c.__setitem__(entry, wrong))
+    loaded = None
+    try:
+        loaded = checkpoint.load(path)
+    except CnnlabError as e:
+        assert "\n" not in str(e) and (entry in str(e) or "format" in str(e))
+    if loaded is not None:  # a value of the right type (a string for wandb_id, a list for running): resume
+        try:  # works or is refused in one line, never with another exception
+            train(make_cfg(*QUICK, "trainer.epochs=2", f"trainer.resume={path}"), tmp_path / "run")
+        except CnnlabError as e:
+            assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("field", list(checkpoint.PROGRESS))
+def test_a_wrong_type_in_progress_is_one_line(trained: Path, tmp_path: Path, field: str) -> None:
+    path = crafted(trained, tmp_path, lambda c: c["progress"].__setitem__(field, "x"))
+    with pytest.raises(CnnlabError, match=f"entry 'progress.{field}' is str"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["model"].__setitem__("features.0.weight", "not a tensor"), "'model' must map parameter names"),
+    (lambda c: c["rng"][0].__setitem__("torch", "x"), "RNG states or running sums are malformed"),
+    (lambda c: c["optimizer"].__setitem__("param_groups", [{"x": 1}]), "'optimizer' state does not fit"),
+    (lambda c: c["model"]["features.0.weight"].fill_(float("nan")), "holds NaN or inf in 1 tensors"),
+    (lambda c: c["progress"].__setitem__("epoch", 99), "nothing to train"),
+])
+def test_malformed_contents_are_refused_on_resume_in_one_line(trained: Path, tmp_path: Path, edit: Any,
+                                                               message: str) -> None:
+    path = crafted(trained, tmp_path, edit)
+    with pytest.raises(CnnlabError, match=message) as err:
+        train(make_cfg(*QUICK, "trainer.epochs=2", f"trainer.resume={path}"), tmp_path / "run")
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (lambda ok: ok[: len(ok) // 2], "not a readable checkpoint"),
+    (lambda ok: b"epoch 1 loss 2.3\n" * 40, "not a readable checkpoint"),
+    (lambda ok: b"", "not a readable checkpoint"),
+    (lambda ok: None, "not a cnnlab checkpoint of format 2"),  # a plain torch file: a tensor
+    (lambda ok: pickle.dumps({"format": 2}), "refused by the weights-only loader"),  # a plain pickle
+])
+def test_truncated_and_foreign_files_are_one_line(trained: Path, tmp_path: Path, content: Any, message: str) -> None:
+    path = tmp_path / "file.pt"
+    data = content((trained / "last.pt").read_bytes())
+    if data is None:
+        torch.save(torch.ones(3), path)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(CnnlabError, match=message) as err:
+        checkpoint.load(path)
     assert "\n" not in str(err.value)
 
 
-def test_checkpoint_of_another_architecture_is_refused_before_training(tmp_path: Path) -> None:
-    train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path / "a")
-    other = make_cfg(*QUICK, "model.cfg=[8,M,16,M]", "trainer.epochs=2", f"trainer.resume={tmp_path}/a/last.pt")
-    with pytest.raises(CnnlabError, match="does not fit the configured model"):
-        train(other, tmp_path / "b")
+def test_a_best_checkpoint_of_the_old_format_is_refused(trained: Path, tmp_path: Path) -> None:
+    path = crafted(trained, tmp_path, lambda c: c.pop("format"), "best.pt")
+    with pytest.raises(CnnlabError, match="not a cnnlab checkpoint of format 2"):
+        evaluate(make_cfg(f"checkpoint={path}", config_name="evaluate"), tmp_path / "eval")
 
 
-def test_resume_errors_say_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(CnnlabError, match="nothing to resume: no last.pt"):
-        train(make_cfg(*QUICK, "trainer.resume=auto"), tmp_path / "empty")
-    train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path / "done")
-    with pytest.raises(CnnlabError, match="has finished epoch 1; set trainer.epochs above that"):
-        train(make_cfg(*QUICK, "trainer.epochs=1", "trainer.resume=auto"), tmp_path / "done")
-    with pytest.raises(CnnlabError, match="holds weights only"):
-        train(make_cfg(*QUICK, "trainer.epochs=2", f"trainer.resume={tmp_path}/done/best.pt"), tmp_path / "x")
-    with pytest.raises(CnnlabError, match="does not exist"):
-        train(make_cfg(*QUICK, f"trainer.resume={tmp_path}/nope.pt"), tmp_path / "y")
+# ------------------------------------------------------------------------------------------ atomic writes
+def test_atomic_save_keeps_the_old_file_when_a_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    atomic_save({"w": torch.ones(3)}, path)
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # "can't pickle local object"
+        atomic_save({"w": lambda: None}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_written_files_take_the_umask_not_0600(tmp_path: Path) -> None:
+    atomic_write_text(tmp_path / "summary.json", "{}")
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == FILE_MODE == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_only_orphaned_or_old_temp_files_are_removed(tmp_path: Path) -> None:
+    target = tmp_path / "cache.pt"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    from cnnlab.atomic import HOST
+
+    live = tmp_path / f".cache.pt.{HOST}.{os.getppid()}.abc123.tmp"  # a live writer: our parent process
+    orphan = tmp_path / f".cache.pt.{HOST}.{dead}.def456.tmp"
+    other_host = tmp_path / ".cache.pt.elsewhere.1.ghi789.tmp"
+    old = tmp_path / ".cache.pt.elsewhere.2.jkl012.tmp"
+    for p in (live, orphan, other_host, old):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    remove_orphans(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other_host.name])
+
+
+def test_write_errors_name_the_path_and_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    with pytest.raises(CnnlabError, match=r"cannot write .*not_a_dir/last.pt: .*; nothing was changed there"):
+        atomic_write_text(blocker / "last.pt", "x")
+
+
+# ------------------------------------------------------------------------------- SIGKILL, then resume
 # A model whose checkpoints (about 50 MB with Adam's state) take longer to write than a training step, so that
 # kills at arbitrary moments also land inside checkpoint writes.
-KILL_RUN = [*TINY, "model.classifier_hidden=[2048,2048]", "dataset=synthetic", "dataset.source.train_size=320",
-            "dataset.source.test_size=64", "trainer.batch_size=32", "trainer.epochs=3", "trainer.log_every=1",
-            "trainer.checkpoint_every_steps=1", "trainer.deterministic=true", "logger=none"]
+KILL_RUN = [*TINY, "model.classifier_hidden=[2048,2048]", "dataset=synthetic", "dataset.source.train_size=352",
+            "dataset.source.test_size=64", "dataset.val_size=32", "data.batch_size=32", "trainer.epochs=3",
+            "trainer.log_every=1", "trainer.checkpoint_every_steps=1", "runtime.deterministic=true", "logger=none"]
 
 
-def _start(run_dir: Path, resume: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cnnlab.run", *KILL_RUN, f"hydra.run.dir={run_dir}"]
+def _start(run_dir: Path, resume: bool, loader: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "cnnlab.run", *KILL_RUN, f"data.loader={loader}", f"hydra.run.dir={run_dir}"]
     if resume:
         args.append("trainer.resume=auto")
     return subprocess.Popen(args, cwd=run_dir.parent, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -95,16 +232,17 @@ def _steps_logged(run_dir: Path) -> int:
     return max((r["step"] for r in read_metrics(path)), default=0) if path.exists() else 0
 
 
-def test_sigkill_anywhere_then_resume_ends_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.parametrize("loader,targets", [("tensor", [3, 10, 14, 20, 24, 27]), ("torchvision", [4, 15, 25])])
+def test_sigkill_anywhere_then_resume_ends_bit_identical(tmp_path: Path, loader: str, targets: list[int]) -> None:
     reference = tmp_path / "reference"
-    proc = _start(reference, resume=False)
+    proc = _start(reference, resume=False, loader=loader)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
 
     killed = tmp_path / "killed"
     kills, mid_write, mid_epoch = 0, 0, 0
-    targets = [3, 10, 14, 20, 24, 27]  # 10 steps per epoch: mid-epoch, at epoch ends, in the last epoch
-    for i, target in enumerate(targets):
-        proc = _start(killed, resume=i > 0)
+    for i, target in enumerate(targets):  # 10 steps per epoch: mid-epoch, at epoch ends, in the last epoch
+        proc = _start(killed, resume=i > 0, loader=loader)
         deadline = time.monotonic() + 120
         while _steps_logged(killed) < target and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -115,18 +253,16 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(tmp_path: Path) -> None
         proc.wait()
         kills += 1
         mid_write += any(killed.glob(".last.pt.*.tmp"))
-        ckpt = load_checkpoint(killed / "last.pt")  # whatever the moment, last.pt is whole
-        mid_epoch += ckpt["next_batch"] != 0
-    proc = _start(killed, resume=True)
+        ckpt = checkpoint.load(killed / "last.pt")  # whatever the moment, last.pt is whole
+        mid_epoch += ckpt["progress"]["batch"] != 0
+    proc = _start(killed, resume=True, loader=loader)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
 
-    assert kills >= 4 and mid_epoch >= 1
-    assert mid_write >= 1, "no kill landed inside a checkpoint write"
-    a, b = load_checkpoint(reference / "last.pt"), load_checkpoint(killed / "last.pt")
+    assert kills == len(targets) and mid_epoch >= 1
+    if loader == "tensor":
+        assert mid_write >= 1, "no kill landed inside a checkpoint write"
+    a, b = checkpoint.load(reference / "last.pt"), checkpoint.load(killed / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["step"] == b["step"] == 30
+    assert a["progress"]["step"] == b["progress"]["step"] == 30
+    assert untimed(read_metrics(reference / "metrics.jsonl")) == untimed(read_metrics(killed / "metrics.jsonl"))
 
-    def untimed(run_dir: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if "second" not in k} for r in read_metrics(run_dir / "metrics.jsonl")]
-
-    assert untimed(reference) == untimed(killed)

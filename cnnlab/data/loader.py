@@ -3,6 +3,10 @@
 Each epoch draws, from a generator seeded by (seed, epoch), a permutation and every sample's crop offset,
 flip and cutout centre up front. So an epoch is reproducible on its own and can be resumed at any batch, and
 there is no per-image Python work and no worker process.
+
+The loader protocol, met by this loader and by cnnlab.data.torchvision_loader alike: `len(loader)` batches,
+`set_epoch(epoch, start_batch)` before iterating, and an epoch resumed at `start_batch` yields exactly the
+batches an uninterrupted epoch yields from there.
 """
 
 from __future__ import annotations
@@ -14,6 +18,26 @@ import torch
 from torch import Tensor
 
 PaddingMode = Literal["zeros", "reflect"]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order and augmentation, shared by both loaders."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def shard(batch: int, batch_size: int, n: int, rank: int, world_size: int) -> slice:
+    """Rank `rank`'s part of global batch `batch` of `n` samples: contiguous, sizes differing by at most one."""
+    start = batch * batch_size
+    size = min(n, start + batch_size) - start
+    q, r = divmod(size, world_size)
+    lo = start + rank * q + min(rank, r)
+    return slice(lo, lo + q + (rank < r))
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool, world_size: int) -> int:
+    full, rest = divmod(n, batch_size)
+    # a last partial batch too small to give every rank a sample is dropped on all ranks alike
+    return full + (not drop_last and rest >= world_size)
 
 
 def _shifted_index(offset: Tensor, padding: int, length: int, mode: PaddingMode) -> tuple[Tensor, Tensor]:
@@ -95,9 +119,7 @@ class TensorLoader:
         self.start_batch = 0
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.labels), self.batch_size)
-        # a last partial batch too small to give every rank a sample is dropped on all ranks alike
-        return full + (not self.drop_last and rest >= self.world_size)
+        return num_batches(len(self.labels), self.batch_size, self.drop_last, self.world_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch whose permutation and augmentation to draw, and the batch to start from."""
@@ -107,7 +129,7 @@ class TensorLoader:
         n, (h, w) = len(self.labels), self.images.shape[-2:]
         if not self.train:
             return {"order": torch.arange(n, device=self.device)}
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = epoch_generator(self.seed, self.epoch)
         p = self.crop_padding
         plan = {"order": torch.randperm(n, generator=g),
                 "dy": torch.randint(0, 2 * p + 1, (n,), generator=g),
@@ -117,18 +139,10 @@ class TensorLoader:
                 "cx": torch.randint(0, w, (n,), generator=g)}
         return {k: v.to(self.device) for k, v in plan.items()}
 
-    def _shard(self, b: int) -> slice:
-        """This rank's part of global batch `b`: contiguous, sizes differing by at most one across ranks."""
-        start = b * self.batch_size
-        size = min(len(self.labels), start + self.batch_size) - start
-        q, r = divmod(size, self.world_size)
-        lo = start + self.rank * q + min(self.rank, r)
-        return slice(lo, lo + q + (self.rank < r))
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         plan = self._plan()
         for b in range(self.start_batch, len(self)):
-            sl = self._shard(b)
+            sl = shard(b, self.batch_size, len(self.labels), self.rank, self.world_size)
             idx = plan["order"][sl]
             x = self.images[idx]
             if self.crop_padding or self.flip:

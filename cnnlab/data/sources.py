@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import logging
 import os
 import pickle
 import tarfile
@@ -26,7 +27,9 @@ except ImportError:  # numpy < 2
 from torch import Tensor
 
 from cnnlab import CnnlabError
-from cnnlab.atomic import atomic_save
+from cnnlab.atomic import atomic_save, atomic_write
+
+log = logging.getLogger("cnnlab")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
@@ -39,6 +42,7 @@ class ImageTensors:
     test_y: Tensor
     classes: list[str]
     stats: tuple[list[float], list[float]] | None = None
+    description: str = ""  # which data this is, in words, for the run's log
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images on the 0..1 scale (computed once)."""
@@ -66,14 +70,15 @@ def _resolve(root: str) -> Path:
 
 # ---------------------------------------------------------------------------------------------- CIFAR
 CIFAR = {
-    "cifar10": dict(folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
-                    md5="c58f30108f718f92721af3b95e74349a", train=[f"data_batch_{i}" for i in range(1, 6)],
-                    test=["test_batch"], meta="batches.meta", label_key="labels", names_key="label_names"),
-    "cifar100": dict(folder="cifar-100-python", archive="cifar-100-python.tar.gz",
-                     md5="eb9058c3a382ffc7106e4002c42a8d85", train=["train"], test=["test"], meta="meta",
-                     label_key="fine_labels", names_key="fine_label_names"),
+    "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py", archive="cifar-10-python.tar.gz",
+                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"], meta="batches.meta",
+                    label_key="labels", names_key="label_names"),
+    "cifar100": dict(title="CIFAR-100", folder="cifar-100-python", archive="cifar-100-python.tar.gz",
+                     train=["train"], test=["test"], meta="meta", label_key="fine_labels",
+                     names_key="fine_label_names"),
 }
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
+DOWNLOAD_TIMEOUT_S = 30
+PNG_ENV = "CNNLAB_CIFAR10_PNG"  # a CIFAR-10 PNG tree to fall back on (see cnnlab.config's resolvers)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -97,21 +102,31 @@ def _read_batch(path: Path) -> dict:
 
 
 class Cifar:
-    """CIFAR-10 or CIFAR-100 from the python batch files under `root`, downloaded there if missing."""
+    """CIFAR-10 or CIFAR-100 from the python batch files under `root`; if they are missing, extracted from the
+    archive there, else downloaded from `url` (checked against `md5`). Where neither works and `png_fallback`
+    names a PNG image-folder tree of the same dataset, that tree is used instead, and its description says so.
+    """
 
-    def __init__(self, root: str, variant: Literal["cifar10", "cifar100"] = "cifar10",
-                 download: bool = True) -> None:
-        if variant not in CIFAR:
-            raise CnnlabError(f"dataset.source.variant is {variant!r}; allowed: {sorted(CIFAR)}")
+    def __init__(self, root: str, variant: Literal["cifar10", "cifar100"] = "cifar10", download: bool = True,
+                 url: str = "", md5: str | None = None, png_fallback: str | None = None) -> None:
         self.root = _resolve(root)
         self.variant = variant
         self.download = download
+        self.url, self.md5 = url, md5
+        self.png_fallback = png_fallback
 
     def load(self, cache_dir: str | None = None) -> ImageTensors:
         spec = CIFAR[self.variant]
         folder = self.root / spec["folder"]
         if not folder.is_dir():
-            self._fetch(spec)
+            archive = self.root / spec["archive"]
+            if not archive.is_file():
+                why = self._download(archive)
+                if why and self.png_fallback and (Path(self.png_fallback).expanduser() / "train").is_dir():
+                    return self._fallback(spec, cache_dir, f"the original is not in {self.root} and {why}")
+                if why:
+                    raise CnnlabError(self._missing(spec, why))
+            self._extract(archive)
 
         def read(names: list[str]) -> tuple[Tensor, Tensor]:
             batches = [_read_batch(folder / name) for name in names]
@@ -122,20 +137,25 @@ class Cifar:
         train_x, train_y = read(spec["train"])
         test_x, test_y = read(spec["test"])
         classes = list(_read_batch(folder / spec["meta"])[spec["names_key"]])
-        return ImageTensors(train_x, train_y, test_x, test_y, classes)
+        return ImageTensors(train_x, train_y, test_x, test_y, classes, description=f"{spec['title']} from {folder}")
 
-    def _fetch(self, spec: dict) -> None:
-        archive = self.root / spec["archive"]
-        if not archive.is_file():
-            if not self.download:
-                raise CnnlabError(self._missing(spec, "dataset.source.download is false"))
-            from torchvision.datasets.utils import download_url
+    def _fallback(self, spec: dict, cache_dir: str | None, why: str) -> ImageTensors:
+        tensors = ImageFolder(self.png_fallback).load(cache_dir)
+        tensors.description = (f"{spec['title']} as the PNG copy in {_resolve(self.png_fallback)} ({why}); its pixels "
+                               "went through JPEG, so accuracies run ~2-3 points below the original dataset's")
+        return tensors
 
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-                download_url(CIFAR_URL + spec["archive"], str(self.root), spec["archive"], spec["md5"])
-            except Exception as e:  # noqa: BLE001 - any network/disk failure gets the same advice
-                raise CnnlabError(self._missing(spec, f"download failed ({type(e).__name__})")) from e
+    def _download(self, archive: Path) -> str | None:
+        """Download the archive; None when that worked, else why not."""
+        if not self.download:
+            return "dataset.source.download is false"
+        try:
+            _download(self.url, archive, self.md5)
+        except CnnlabError as e:
+            return str(e)
+        return None
+
+    def _extract(self, archive: Path) -> None:
         try:
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(self.root, filter="data")
@@ -143,8 +163,30 @@ class Cifar:
             raise CnnlabError(f"cannot extract {archive}: {e}") from e
 
     def _missing(self, spec: dict, why: str) -> str:
-        return (f"{self.variant} not found in {self.root} and {why}: put {spec['archive']} (or its extracted "
-                f"{spec['folder']}/) into that dir (set data_dir=...), or use dataset=imagefolder dataset.root=...")
+        png = f"set {PNG_ENV} to a PNG tree of it, " if self.variant == "cifar10" else ""
+        return (f"{spec['title']} is not in {self.root} and {why}: put {spec['archive']} (or its extracted "
+                f"{spec['folder']}/) there (or set data_dir=...), {png}or use dataset=imagefolder dataset.root=...")
+
+
+def _download(url: str, dest: Path, md5: str | None) -> None:
+    """Fetch `url` into `dest` atomically; a file whose md5 differs from `md5` is refused and not kept."""
+    import urllib.request
+
+    digest = hashlib.md5(usedforsecurity=False)
+
+    def write(f: Any) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (OSError, ValueError) as e:  # no network, refused, timed out, an HTTP error, a malformed URL
+            raise CnnlabError(f"the download from {url} failed: {getattr(e, 'reason', None) or e}") from e
+        if md5 and digest.hexdigest() != md5:
+            raise CnnlabError(f"the file downloaded from {url} has md5 {digest.hexdigest()}, expected {md5}")
+
+    log.info("downloading %s to %s", url, dest)
+    atomic_write(dest, write)
 
 
 # -------------------------------------------------------------------------------------- image folders
@@ -201,8 +243,7 @@ class ImageFolder:
         cache = self._cache_path(cache_dir, listing) if cache_dir else None
         if cache is not None and cache.is_file():
             try:
-                payload = torch.load(cache, weights_only=True)
-                return ImageTensors(**payload)
+                return ImageTensors(**torch.load(cache, weights_only=True), description=f"images from {self.root}")
             except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
                 pass
         tensors = {}
@@ -212,13 +253,23 @@ class ImageFolder:
                 arrays = list(pool.map(_decode_many, chunks, [self.image_size] * len(chunks)))
                 tensors[f"{split}_x"] = torch.from_numpy(np.concatenate(arrays))
                 tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
-        data = ImageTensors(**tensors, classes=listing["train"][2])
+        data = ImageTensors(**tensors, classes=listing["train"][2], description=f"images from {self.root}")
         if cache is not None:
             data.channel_stats()
-            for stale in cache.parent.glob(f"{self._cache_prefix()}*.pt"):  # this tree's outdated decodes
-                stale.unlink(missing_ok=True)
-            atomic_save(vars(data), cache)
+            self._write_cache(data, cache)
         return data
+
+    def _write_cache(self, data: ImageTensors, cache: Path) -> None:
+        """Cache the decode for the next run. Concurrent builders write the same content under the same name;
+        an unwritable cache dir only costs the next run a decode."""
+        try:
+            atomic_save({k: v for k, v in vars(data).items() if k != "description"}, cache)
+        except CnnlabError as e:
+            log.warning("image cache not written (%s); the next run decodes the images again", e)
+            return
+        for stale in cache.parent.glob(f"{self._cache_prefix()}*.pt"):  # this tree's outdated decodes
+            if stale != cache:
+                stale.unlink(missing_ok=True)
 
     def _cache_path(self, cache_dir: str, listing: dict) -> Path:
         """<cache_dir>/imagefolder-<name>-<hash of root>-<hash of the files and size>.pt"""
@@ -252,4 +303,5 @@ class Synthetic:
 
         train_x, train_y = sample(self.train_size)
         test_x, test_y = sample(self.test_size)
-        return ImageTensors(train_x, train_y, test_x, test_y, [f"class{i}" for i in range(self.num_classes)])
+        return ImageTensors(train_x, train_y, test_x, test_y, [f"class{i}" for i in range(self.num_classes)],
+                            description=f"a synthetic task of {self.num_classes} classes (seed {self.seed})")

@@ -1,65 +1,114 @@
-"""The classic path: torchvision datasets + PIL transforms + DataLoader, for data that does not fit in memory
-(image folders are then read file by file) and as the baseline the fast tensor loader is measured against."""
+"""The classic path: PIL images + torchvision transforms + DataLoader, for data that does not fit in memory
+(image folders are then read file by file) and as the baseline the fast tensor loader is measured against.
+
+It meets the same loader protocol as cnnlab.data.loader.TensorLoader: the same seeded order per epoch (the
+same global batches, split the same way across DDP ranks), `set_epoch(epoch, start_batch)`, and an exact
+mid-epoch resume. Each sample's random augmentation is drawn from a generator seeded by (seed, epoch, index),
+so it is the same in any worker process and after any resume.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import datasets, transforms
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from cnnlab import CnnlabError
-from cnnlab.data.sources import ImageFolder, ImageTensors
+from cnnlab.data.loader import epoch_generator, num_batches, shard
 
 
 class TensorImages(Dataset):
-    """uint8 (N, 3, H, W) tensors served as PIL images, like torchvision's CIFAR10 dataset does."""
+    """uint8 (N, 3, H, W) tensors served as (PIL image, label), like torchvision's CIFAR10 dataset."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
-                 transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.images = images.permute(0, 2, 3, 1).numpy()
         self.labels = labels.tolist()
-        self.classes = classes
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[i]), self.labels[i]
 
 
-def pil_transforms(train: bool, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
-                   padding_mode: str = "zeros", flip: bool = True, cutout: int = 0, size: int = 32,
-                   **_: object) -> transforms.Compose:
-    if cutout:
-        raise CnnlabError("augment.cutout is only implemented by dataset.loader=tensor")
-    steps: list = []
-    if train and crop_padding:
-        mode = "constant" if padding_mode == "zeros" else padding_mode
-        steps.append(transforms.RandomCrop(size, padding=crop_padding, padding_mode=mode))
-    if train and flip:
-        steps.append(transforms.RandomHorizontalFlip())
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    return transforms.Compose(steps)
+class FileImages(Dataset):
+    """Image files served as (PIL image, label), read when asked for."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int]) -> None:
+        self.paths, self.labels = list(paths), list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        with Image.open(self.paths[i]) as im:
+            return im.convert("RGB"), self.labels[i]
 
 
-def torchvision_loader(source: ImageFolder | ImageTensors, split: str, batch_size: int, train: bool,
-                       mean: Sequence[float], std: Sequence[float], augment: dict, num_workers: int = 0,
-                       seed: int = 0, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """`batch_size` is global: each of the `world_size` ranks loads its share through a DistributedSampler."""
-    if isinstance(source, ImageFolder):
-        tf = pil_transforms(train, mean, std, size=source.image_size, **augment)
-        resize = [transforms.Resize((source.image_size, source.image_size))]
-        dataset: Dataset = datasets.ImageFolder(str(source.root / split), transforms.Compose(resize + [tf]))
-    else:
-        x, y = (source.train_x, source.train_y) if split == "train" else (source.test_x, source.test_y)
-        dataset = TensorImages(x, y, source.classes, pil_transforms(train, mean, std, size=x.shape[-1], **augment))
-    drop_last = train and augment.get("drop_last", False)
-    sampler = DistributedSampler(dataset, world_size, rank, shuffle=train, seed=seed, drop_last=drop_last) \
-        if world_size > 1 else None
-    return DataLoader(dataset, batch_size=batch_size // world_size, shuffle=train and sampler is None,
-                      sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+class SeededTransform(Dataset):
+    """`images` with `transform` applied; keyed by (index, epoch), whose seed draws the transform's randomness."""
+
+    def __init__(self, images: Dataset, transform: Callable, seed: int) -> None:
+        self.images, self.transform, self.seed = images, transform, seed
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, epoch = key
+        image, label = self.images[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+            return self.transform(image), label
+
+
+class EpochBatches:
+    """A batch sampler: epoch `epoch`'s seeded permutation (or the plain order), global batches of
+    `batch_size` split across ranks as the tensor loader splits them, from batch `start_batch` on."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, rank: int,
+                 world_size: int) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def __len__(self) -> int:
+        return num_batches(self.n, self.batch_size, self.drop_last, self.world_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch)) if self.shuffle \
+            else torch.arange(self.n)
+        for b in range(self.start_batch, len(self)):
+            indices = order[shard(b, self.batch_size, self.n, self.rank, self.world_size)].tolist()
+            yield [(i, self.epoch) for i in indices]
+        self.start_batch = 0
+
+
+class TorchvisionLoader:
+    """A DataLoader over `images` with PIL transforms, meeting cnnlab's loader protocol."""
+
+    def __init__(self, images: Dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
+                 train: bool, image_size: int, seed: int = 0, crop_padding: int = 4, padding_mode: str = "zeros",
+                 flip: bool = True, cutout: int = 0, drop_last: bool = False, num_workers: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if cutout:
+            raise CnnlabError("augment.cutout is only implemented by data.loader=tensor")
+        steps: list = [transforms.Resize((image_size, image_size))]
+        if train and crop_padding:
+            mode = "constant" if padding_mode == "zeros" else padding_mode
+            steps.append(transforms.RandomCrop(image_size, padding=crop_padding, padding_mode=mode))
+        if train and flip:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+        self.batches = EpochBatches(len(images), batch_size, train, train and drop_last, seed, rank, world_size)
+        self.loader = DataLoader(SeededTransform(images, transforms.Compose(steps), seed), batch_sampler=self.batches,
+                                 num_workers=num_workers, persistent_workers=num_workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.batches.epoch, self.batches.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self.loader)

@@ -3,25 +3,28 @@ and W&B each implement it."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+Status = Literal["finished", "failed", "interrupted", "preempted"]
 
 
 class Logger(Protocol):
     def log(self, record: dict[str, Any]) -> None:
-        """A record of kind 'step' (every log interval) or 'epoch' (after each evaluation)."""
+        """A record of kind 'step' (every log interval) or 'epoch' (after each epoch)."""
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Figures of the whole run (parameter count, final and best accuracy, ...)."""
+        """Figures of the whole run (parameter count, final and best accuracy, ...), added to what it has."""
 
-    def close(self, ok: bool = True) -> None:
-        """End the run; `ok` is False when training failed."""
+    def close(self, status: Status = "finished") -> None:
+        """End the run, saying how it ended."""
 
 
 class Loggers:
     """Fans every call out to several loggers."""
 
-    def __init__(self, *loggers: Logger) -> None:
+    def __init__(self, *loggers: Logger | None, wandb_id: str | None = None) -> None:
         self.loggers = [lg for lg in loggers if lg is not None]
+        self.wandb_id = wandb_id  # the W&B run's id, kept in checkpoints so that a resumed run continues it
 
     def log(self, record: dict[str, Any]) -> None:
         for lg in self.loggers:
@@ -31,6 +34,6 @@ class Loggers:
         for lg in self.loggers:
             lg.summary(values)
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: Status = "finished") -> None:
         for lg in self.loggers:
-            lg.close(ok)
+            lg.close(status)

@@ -6,6 +6,8 @@ import logging
 import sys
 from typing import Any, TextIO
 
+from cnnlab.track import Status
+
 log = logging.getLogger("cnnlab")
 
 
@@ -26,13 +28,14 @@ class ConsoleLogger:
             return
         if self.tty:
             self.stream.write("\r\033[K")
-        tested = f" | test loss {record['test_loss']:.4f} acc {record['test_acc']:.4f}" if "test_acc" in record else ""
+        evaluated = "".join(f" | {split} loss {record[f'{split}_loss']:.4f} acc {record[f'{split}_acc']:.4f}"
+                            for split in ("val", "test") if f"{split}_acc" in record)
         log.info("epoch %d | train loss %.4f acc %.4f%s | lr %.3g | %.1f s, %.0f img/s", record["epoch"],
-                 record["train_loss"], record["train_acc"], tested, record["lr"], record["epoch_seconds"],
+                 record["train_loss"], record["train_acc"], evaluated, record["lr"], record["epoch_seconds"],
                  record["images_per_second"])
 
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: Status = "finished") -> None:
         pass

@@ -1,5 +1,5 @@
-"""metrics.jsonl: one JSON object per logged step or epoch, plus summary.json; written by the trainer's
-logger and read back by `cnnlab.compare` and the tests."""
+"""metrics.jsonl (one JSON object per logged step or epoch) and summary.json; written by the trainer's logger and
+read back by `cnnlab.compare` and the tests."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.atomic import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
+from cnnlab.rundir import RunDir
+from cnnlab.track import Status
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -26,19 +25,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsFile:
-    """Appends records to `<run_dir>/metrics.jsonl`. On resume from a checkpoint taken after `step` steps with
-    `next_epoch` to run, records the stopped run wrote after that checkpoint are dropped, so the file reads as
-    if the run had never stopped."""
+    """Appends records to the run dir's metrics.jsonl and keeps its summary.json. On resume from a checkpoint at
+    `resume_at`, the records the stopped run wrote after that checkpoint are dropped, so the file reads as if the
+    run had never stopped, and the summary so far is kept. `resume_at` is the checkpoint's (step, next epoch)."""
 
-    def __init__(self, run_dir: str | Path, resume_at: tuple[int, int] | None = None) -> None:
-        self.path = Path(run_dir) / METRICS_FILE
-        self.summary_path = Path(run_dir) / SUMMARY_FILE
+    def __init__(self, run_dir: RunDir, resume_at: tuple[int, int] | None = None) -> None:
+        self.path, self.summary_path = run_dir.metrics, run_dir.summary
         self.summary_values: dict[str, Any] = {}
+        self.kept: list[dict[str, Any]] = []  # the records that came before this process
         if resume_at is not None and self.path.exists():
             step, next_epoch = resume_at
-            kept = [r for r in read_metrics(self.path)
-                    if (r["step"] <= step if r["kind"] == "step" else r["epoch"] < next_epoch)]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            self.kept = [r for r in read_metrics(self.path)
+                         if (r["step"] <= step if r["kind"] == "step" else r["epoch"] < next_epoch)]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
             if self.summary_path.exists():
                 self.summary_values = json.loads(self.summary_path.read_text())
         elif self.path.exists():
@@ -53,6 +52,6 @@ class MetricsFile:
         self.summary_values.update(values)
         atomic_write_text(self.summary_path, json.dumps(self.summary_values, indent=2) + "\n")
 
-    def close(self, ok: bool = True) -> None:
-        self.summary({"status": "finished" if ok else "failed"})
+    def close(self, status: Status = "finished") -> None:
+        self.summary({"status": status})
         self.file.close()

@@ -1,8 +1,16 @@
-"""One W&B run per training job: resolved config, epoch x-axis, best accuracy as max, always finished.
+"""One W&B run per training job: the resolved config, history at the training step, val_acc and test_acc
+summarised as max and last, the run log, always finished with the run's status.
 
 Mode: WANDB_MODE=disabled always wins; otherwise the config's `mode`, else WANDB_MODE, else online when
 credentials are configured and offline when not (never a login prompt). An online start that cannot reach
 the server within `init_timeout` seconds falls back to offline with a warning instead of blocking the run.
+
+A resumed run continues its W&B run: the same id, and history logged at the training step, so it continues
+where the checkpoint was taken, online and offline (`wandb sync` the run dir's offline runs in order). Under
+`wandb agent` (WANDB_SWEEP_ID set) the agent's run id is used and no group is set, so the run joins the sweep.
+
+The console is not captured: the run's own log file, run.log, goes to the run's files instead. It holds what
+the console shows, without progress bars, in every launcher (torchrun ranks and joblib workers included).
 """
 
 from __future__ import annotations
@@ -10,14 +18,16 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from pathlib import Path
 from typing import Any
 
 from cnnlab import CnnlabError
+from cnnlab.rundir import RunDir
+from cnnlab.track import Status
 
 log = logging.getLogger("cnnlab")
 
 STEP_KEYS = ("train_loss", "train_acc", "lr", "images_per_second")
+MAX_AND_LAST = ("val_acc", "test_acc")  # summarised as {"max": ..., "last": ...}
 
 
 def has_credentials() -> bool:
@@ -43,19 +53,22 @@ def resolve_mode(mode: str | None) -> str:
 
 
 class WandbLogger:
-    def __init__(self, run_dir: str | Path, run_config: dict[str, Any], project: str = "cnnlab",
+    def __init__(self, run_dir: RunDir, run_config: dict[str, Any], project: str = "cnnlab",
                  entity: str | None = None, name: str | None = None, group: str | None = None,
                  job_type: str = "train", tags: list[str] | None = None, mode: str | None = None,
-                 init_timeout: float = 15.0, run_id: str | None = None, log_checkpoint: bool = False) -> None:
+                 init_timeout: float = 15.0, run_id: str | None = None, log_checkpoint: bool = False,
+                 history: list[dict[str, Any]] | None = None) -> None:
         import wandb
 
         self.wandb = wandb
-        self.run_dir, self.log_checkpoint, self.fell_back = Path(run_dir), log_checkpoint, False
+        self.run_dir, self.log_checkpoint, self.fell_back = run_dir, log_checkpoint, False
         self.mode = resolve_mode(mode)
         if self.mode not in ("online", "offline", "disabled"):
-            raise CnnlabError(f"logger.mode is {self.mode!r}; allowed: online, offline, disabled (or null)")
+            raise CnnlabError(f"WANDB_MODE is {self.mode!r}; allowed: online, offline, disabled")
+        if os.environ.get("WANDB_SWEEP_ID"):  # under `wandb agent`: its run id, its sweep, no group of ours
+            run_id, group = None, None
         kwargs = dict(project=project, entity=entity, name=name, group=group, job_type=job_type,
-                      tags=list(tags or []), config=run_config, dir=str(run_dir), id=run_id,
+                      tags=list(tags or []), config=run_config, dir=str(run_dir.path), id=run_id,
                       resume="allow" if run_id else None)
         settings = dict(init_timeout=init_timeout, silent=True, console="off")
         try:
@@ -68,12 +81,13 @@ class WandbLogger:
             self.mode, self.fell_back = "offline", True
             self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **kwargs)
         self.run.define_metric("epoch")
-        self.run.define_metric("step")
-        for key in ("train_loss", "train_acc", "test_loss", "lr", "epoch_seconds", "images_per_second"):
+        for key in ("train_loss", "train_acc", "val_loss", "test_loss", "lr", "epoch_seconds", "images_per_second"):
             self.run.define_metric(key, step_metric="epoch")
-        self.run.define_metric("test_acc", step_metric="epoch", summary="max,last")
-        for key in STEP_KEYS:
-            self.run.define_metric(f"step/{key}", step_metric="step")
+        for key in MAX_AND_LAST:  # summarised by log() itself, so that a resumed run keeps the max from before
+            self.run.define_metric(key, step_metric="epoch", summary="none")
+        self.best = {k: max((r[k] for r in history or [] if k in r), default=None) for k in MAX_AND_LAST}
+        if run_dir.log.exists():
+            self.run.save(str(run_dir.log), base_path=str(run_dir.path), policy="live")
 
     @property
     def run_id(self) -> str:
@@ -81,20 +95,30 @@ class WandbLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         if record["kind"] == "step":
-            self.run.log({"step": record["step"], **{f"step/{k}": record[k] for k in STEP_KEYS}})
-        else:
-            self.run.log({k: v for k, v in record.items() if k != "kind"})
+            self.run.log({f"step/{k}": record[k] for k in STEP_KEYS}, step=record["step"])
+            return
+        self.run.log({k: v for k, v in record.items() if k not in ("kind", "step")}, step=record["step"])
+        for key in MAX_AND_LAST:
+            if key in record:
+                self.best[key] = max(record[key], self.best[key] if self.best[key] is not None else record[key])
+                self.run.summary.update({key: {"max": self.best[key], "last": record[key]}})
 
     def summary(self, values: dict[str, Any]) -> None:
-        self.run.summary.update(values)
+        self.run.summary.update({k: v for k, v in values.items() if k not in MAX_AND_LAST})
 
-    def close(self, ok: bool = True) -> None:
-        best = self.run_dir / "best.pt"
+    def close(self, status: Status = "finished") -> None:
+        best = self.run_dir.best
+        ok = status == "finished"
         if ok and self.log_checkpoint and best.exists() and self.fell_back:
             # after a failed online start, artifact logging would keep retrying the unreachable server
             log.warning("W&B checkpoint artifact skipped (the server was unreachable); %s stays in the run dir", best)
         elif ok and self.log_checkpoint and best.exists():
-            artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(self.run.summary))
+            artifact = self.wandb.Artifact(f"model-{self.run.id}", type="model",
+                                           metadata={k: v for k, v in dict(self.run.summary).items()
+                                                     if not isinstance(v, dict)})
             artifact.add_file(str(best))
             self.run.log_artifact(artifact, aliases=["best"])
-        self.run.finish(exit_code=0 if ok else 1)
+        self.run.summary.update({"status": status})
+        # W&B shows a nonzero exit as failed; summary.status says how the run ended
+        self.run.finish(exit_code={"finished": 0, "failed": 1, "interrupted": 130, "preempted": 140}[status])
+

@@ -19,15 +19,13 @@ def setup(strategy: str, timeout_s: float) -> None:
     """Join the process group when `strategy` is 'ddp' (nccl on CUDA, gloo on CPU)."""
     if strategy == "single" or dist.is_initialized():
         return
-    if strategy != "ddp":
-        raise CnnlabError(f"trainer.strategy is {strategy!r}; allowed: single, ddp")
     if "RANK" not in os.environ and ({"SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"} & set(os.environ)):
         from submitit.helpers import TorchDistributedEnvironment
 
         # RANK, WORLD_SIZE, MASTER_ADDR/PORT from the variables of SLURM (or of submitit's local executor)
         TorchDistributedEnvironment().export()
     if "RANK" not in os.environ:
-        raise CnnlabError("trainer.strategy=ddp needs a launcher that starts the ranks: torchrun --nproc_per_node=N "
+        raise CnnlabError("runtime.strategy=ddp needs a launcher that starts the ranks: torchrun --nproc_per_node=N "
                           "-m cnnlab.run ..., or hydra/launcher=slurm with tasks_per_node=N")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -62,6 +60,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def any_rank(value: int | None) -> int:
+    """The largest of the ranks' values (None counts as 0): a flag any rank raised. Every rank must call it."""
+    if not dist.is_initialized():
+        return int(value or 0)
+    t = torch.tensor([int(value or 0)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast(obj: Any) -> Any:

@@ -1,16 +1,17 @@
-"""The one training loop: train step, evaluation, logging through a `Logger`, checkpoints and exact resume.
+"""The one training loop: prepare -> restore -> (train_epoch -> step) -> evaluate, with checkpoints and exact
+resume. It knows nothing of files but through cnnlab.train.checkpoint, and nothing of W&B: it calls a Logger.
 
-The hot loop never waits on the device: loss and accuracy are summed on the device and read (`.item()`)
-only every `log_every` steps and at the end of an epoch.
+The hot loop never waits on the device: loss and accuracy are summed on the device and read (`.item()`) only
+every `log_every` steps and at the end of an epoch. A non-finite step loss stays in that sum, so every step is
+checked; the weights and buffers are checked before any checkpoint is written, so none holds NaN or inf.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,56 +19,27 @@ import torch
 from torch import Tensor, nn
 
 from cnnlab import CnnlabError
-from cnnlab.atomic import atomic_save
 from cnnlab.data import Data
+from cnnlab.rundir import RunDir
+from cnnlab.runtime import Interrupted, Runtime
 from cnnlab.track import Logger
-from cnnlab.train import distributed
-from cnnlab.train.checkpoint import load_weights, rng_state, set_rng_state
+from cnnlab.train import checkpoint, distributed
+from cnnlab.train.checkpoint import Progress
 
 log = logging.getLogger("cnnlab")
 
 
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        picked = torch.device(device)
-    except RuntimeError:
-        raise CnnlabError(f"trainer.device is {device!r}; allowed: auto, cpu, cuda, cuda:N, mps") from None
-    missing = None
-    if picked.type == "cuda" and not torch.cuda.is_available():
-        missing = "no CUDA device is available here"
-    elif picked.type == "cuda" and (picked.index or 0) >= torch.cuda.device_count():
-        missing = f"this machine has {torch.cuda.device_count()} CUDA device(s)"
-    elif picked.type == "mps" and not mps_available():
-        missing = "MPS is not available here"
-    if missing:
-        raise CnnlabError(f"trainer.device is {device!r} but {missing}: use trainer.device=auto, or cpu")
-    return picked
+@dataclass
+class State:
+    """Everything that changes while training, and so what last.pt holds."""
 
-
-def mps_available() -> bool:
-    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively: CUDA, or a CPU with bf16 instructions (AVX512-BF16, AMX).
-
-    On this project's 2-core AVX512-BF16 CPU, bf16 autocast trains 1.4-2.0x faster than fp32
-    (benchmarks/throughput.py, docs/benchmarks.md).
-    """
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    model: nn.Module  # the module whose weights are saved
+    forward: nn.Module  # what a training step calls: the model, wrapped in DDP or compiled where configured
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    progress: Progress
+    running: list[float] | None = None  # this rank's sums of an epoch resumed mid-way
 
 
 def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
@@ -77,208 +49,229 @@ def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
 
 
 class Trainer:
-    """Trains `model` on `data` for `epochs` epochs; see conf/trainer/default.yaml for every switch."""
+    """Trains for `epochs` epochs; conf/trainer/default.yaml documents every switch."""
 
-    def __init__(self, epochs: int, batch_size: int, eval_batch_size: int | None = None, device: str = "auto",
-                 precision: str = "auto", channels_last: str | bool = "auto", compile: bool = False,
-                 label_smoothing: float = 0.0, grad_clip: float | None = None, log_every: int = 50,
-                 eval_every: int = 1, tta_flip: bool = False, save_checkpoints: bool = True,
-                 checkpoint_every_steps: int = 0, deterministic: bool = False, num_workers: int = 0,
-                 resume: str | None = None, strategy: str = "single", sync_batchnorm: bool = False,
-                 ddp_timeout_s: float = 600) -> None:
-        self.epochs, self.batch_size = epochs, batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
-        distributed.setup(strategy, ddp_timeout_s)
-        self.rank, self.world_size = distributed.rank(), distributed.world_size()
-        for key, size in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
-            if size % self.world_size:
-                raise CnnlabError(f"trainer.{key} is {size}, which {self.world_size} ranks cannot share evenly: "
-                                  f"use a multiple of {self.world_size} (it is the global batch size)")
-        self.sync_batchnorm = sync_batchnorm
-        self.device = pick_device(device)
-        if self.device.type == "cuda" and self.world_size > 1:
-            self.device = torch.device("cuda", distributed.local_rank())
-        if sync_batchnorm and self.world_size > 1 and self.device.type != "cuda":
-            raise CnnlabError("trainer.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only)")
-        cuda = self.device.type == "cuda"
-        self.precision = ("bf16" if native_bf16(self.device) else "fp32") if precision == "auto" else precision
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise CnnlabError(f"trainer.precision is {precision!r}; allowed: auto, fp32, bf16, fp16")
-        self.channels_last = True if channels_last == "auto" else bool(channels_last)
-        self.compile = compile
-        self.label_smoothing, self.grad_clip = label_smoothing, grad_clip
-        self.log_every, self.eval_every, self.tta_flip = log_every, eval_every, tta_flip
+    def __init__(self, epochs: int, label_smoothing: float = 0.0, grad_clip: float | None = None,
+                 log_every: int = 50, eval_every: int = 1, tta: str = "none", save_checkpoints: bool = True,
+                 checkpoint_every_steps: int = 0, resume: str | None = None) -> None:
+        self.epochs, self.label_smoothing, self.grad_clip = epochs, label_smoothing, grad_clip
+        self.log_every, self.eval_every, self.tta = log_every, eval_every, tta
         self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
-        self.deterministic, self.num_workers, self.resume = deterministic, num_workers, resume
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif cuda:
-            torch.backends.cudnn.benchmark = True
+        self.resume = resume
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    # ------------------------------------------------------------------------------------ prepare, restore
+    def checkpoint_to_resume(self, run_dir: RunDir) -> dict[str, Any] | None:
+        """The checkpoint that `resume` names, read and checked, or None to start afresh. Writes nothing."""
+        last = run_dir.last
+        if self.resume is None:
+            if last.exists():
+                raise CnnlabError(f"run dir {run_dir.path} already holds {last.name}: continue it with "
+                                  "trainer.resume=auto (or allow), or pick another hydra.run.dir")
+            return None
+        if self.resume == "allow" and not last.exists():
+            return None
+        if self.resume == "auto" and not last.exists():
+            raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
+                              "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
+        ckpt = checkpoint.load(last if self.resume in ("auto", "allow") else Path(self.resume).expanduser(), "last")
+        done = checkpoint.progress_of(ckpt).epoch - 1
+        if done >= self.epochs:
+            raise CnnlabError(f"nothing to train: checkpoint {ckpt['path']} has finished epoch {done}; set "
+                              "trainer.epochs above that")
+        return ckpt
 
-    def _logits(self, model: nn.Module, x: Tensor) -> Tensor:
-        with self.autocast():
-            out = model(x).float()
-            if self.tta_flip:
-                out = (out + model(x.flip(3)).float()) / 2
-        return out
+    def prepare(self, model: nn.Module, optimizer: Callable, scheduler: Callable, steps_per_epoch: int,
+                runtime: Runtime) -> State:
+        """Place the model and build its optimizer (`optimizer(params)`), schedule
+        (`scheduler(optimizer, steps_per_epoch, epochs)`) and grad scaler."""
+        if steps_per_epoch == 0:
+            raise CnnlabError("the training split gives 0 batches per epoch: lower data.batch_size, or set "
+                              "augment.drop_last=false")
+        model, forward = runtime.place(model)
+        opt = optimizer(model.parameters())
+        sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
+        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+        return State(model, forward, opt, sched, scaler, Progress())
+
+    def restore(self, state: State, ckpt: dict[str, Any], runtime: Runtime) -> None:
+        """Continue `state` from a checked last.pt, or say in one line why it does not fit. Writes nothing."""
+        where = f"checkpoint {ckpt['path']}"
+        bad = nonfinite(ckpt["model"])
+        if bad:
+            raise CnnlabError(f"{where} holds NaN or inf in {len(bad)} tensors ({bad[0]}): resume from an earlier one")
+        try:
+            state.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise CnnlabError(f"{where} does not fit the configured model ({type(state.model).__name__}): "
+                              f"{detail}") from None
+        for name, target in (("optimizer", state.optimizer), ("scheduler", state.scheduler),
+                             ("scaler", state.scaler)):
+            try:
+                target.load_state_dict(ckpt[name])
+            except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+                raise CnnlabError(f"{where}: its '{name}' state does not fit this run's {name} "
+                                  f"({type(e).__name__}: {e})") from None
+        rngs, sums = ckpt["rng"], ckpt["running"]
+        if len(rngs) != runtime.world_size:
+            log.warning("checkpoint has the RNG states of %d ranks, this run has %d: dropout and other random "
+                        "layers will not continue exactly", len(rngs), runtime.world_size)
+        try:
+            checkpoint.set_rng_state(rngs[runtime.rank % len(rngs)])
+            running = [float(v) for v in sums[runtime.rank % len(sums)]]
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError) as e:
+            raise CnnlabError(f"{where}: its RNG states or running sums are malformed ({type(e).__name__})") from None
+        state.progress, state.running = checkpoint.progress_of(ckpt), running if len(running) == 3 else None
+
+    # ----------------------------------------------------------------------------------------------- fit
+    def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, run_dir: RunDir,
+            extras: dict[str, Any]) -> dict[str, Any]:
+        """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary."""
+        p, summary, start = state.progress, {}, time.perf_counter()
+        runtime.stop.armed = True  # from here a signal stops the run at a step boundary, with last.pt written
+        try:
+            while p.epoch <= self.epochs:
+                record = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
+                if p.epoch % self.eval_every == 0 or p.epoch == self.epochs:
+                    record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
+                record["seconds"] = time.perf_counter() - start
+                self.check_finite(state, run_dir)
+                logger.log(record)
+                summary.update({f"final_{k}": v for k, v in record.items() if k.endswith(("_loss", "_acc"))})
+                summary.update(epoch=p.epoch, step=p.step, images_per_second=record["images_per_second"])
+                p.epoch, p.batch = p.epoch + 1, 0
+                self.save_last(state, run_dir, torch.zeros(3), extras)
+        finally:
+            runtime.stop.armed = False
+        summary.update(best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, test_acc_at_best_val=p.test_acc_at_best,
+                       train_seconds=time.perf_counter() - start)
+        return summary
+
+    def train_epoch(self, state: State, loader: Any, runtime: Runtime, logger: Logger, run_dir: RunDir,
+                    extras: dict[str, Any]) -> dict[str, Any]:
+        p = state.progress
+        state.model.train()
+        loader.set_epoch(p.epoch, p.batch)
+        # loss sum, correct, images: summed on the device, read only at log intervals
+        running = state.running or [0.0, 0.0, 0.0]
+        sums = torch.tensor(running, dtype=torch.float64, device=runtime.device)
+        state.running = None
+        epoch_start = mark = time.perf_counter()
+        resumed_images = mark_images = running[2]
+        for batch, (x, y) in enumerate(loader, start=p.batch):
+            sums += self.step(state, *runtime.batch(x, y), runtime)
+            p.step, p.batch = p.step + 1, batch + 1
+            stop = runtime.stop.signum if runtime.world_size == 1 else None
+            if p.step % self.log_every == 0:
+                loss_sum, correct, seen = totals(sums)
+                if not torch.isfinite(torch.tensor(loss_sum)):
+                    self.diverged(state, run_dir, f"the train loss is {loss_sum / seen}")
+                now = time.perf_counter()
+                logger.log({"kind": "step", "epoch": p.epoch, "step": p.step, "batch": p.batch,
+                            "batches": len(loader), "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                            "lr": state.optimizer.param_groups[0]["lr"],
+                            "images_per_second": (seen - mark_images) / max(now - mark, 1e-9)})
+                mark, mark_images = now, seen
+                stop = distributed.any_rank(runtime.stop.signum)
+            if stop:
+                self.save_last(state, run_dir, sums, extras)
+                raise Interrupted(stop)
+            if self.checkpoint_every_steps and p.step % self.checkpoint_every_steps == 0:
+                self.save_last(state, run_dir, sums, extras)
+        loss_sum, correct, seen = totals(sums)
+        seconds = time.perf_counter() - epoch_start
+        return {"kind": "epoch", "epoch": p.epoch, "step": p.step, "train_loss": loss_sum / max(seen, 1),
+                "train_acc": correct / max(seen, 1), "lr": state.optimizer.param_groups[0]["lr"],
+                "epoch_seconds": seconds, "images_per_second": (seen - resumed_images) / max(seconds, 1e-9)}
+
+    def step(self, state: State, x: Tensor, y: Tensor, runtime: Runtime) -> Tensor:
+        """One optimizer step; the batch's (loss sum, correct, images), on the device."""
+        with runtime.autocast():
+            out = state.forward(x)
+            loss = self.criterion(out, y)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        if self.grad_clip:
+            state.scaler.unscale_(state.optimizer)
+            nn.utils.clip_grad_norm_(state.model.parameters(), self.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
+
+    # ------------------------------------------------------------------------------------------ evaluate
+    def evaluate_epoch(self, state: State, data: Data, runtime: Runtime, run_dir: RunDir,
+                       extras: dict[str, Any]) -> dict[str, float]:
+        """Validation and test figures; a new best validation accuracy writes best.pt. Test selects nothing."""
+        p, record = state.progress, {}
+        if data.val is not None:
+            record.update(self.evaluate(state.model, data.val, runtime, "val"))
+        record.update(self.evaluate(state.model, data.test, runtime, "test"))
+        if "val_acc" in record and (p.best_val_acc is None or record["val_acc"] > p.best_val_acc):
+            p.best_val_acc, p.best_epoch, p.test_acc_at_best = record["val_acc"], p.epoch, record["test_acc"]
+            self.check_finite(state, run_dir)
+            if self.save_checkpoints and runtime.rank == 0:
+                checkpoint.save_best(run_dir.best, state.model.state_dict(), p, extras)
+        return record
 
     @torch.inference_mode()
-    def predict(self, model: nn.Module, loader: Iterable) -> tuple[Tensor, Tensor]:
-        """Logits (float32, on the device) and labels of a whole loader, flip-averaged if `tta_flip`."""
+    def evaluate(self, model: nn.Module, loader: Iterable, runtime: Runtime, split: str = "test") -> dict[str, float]:
+        """`{split}_loss` and `{split}_acc` over the whole loader, summed across the ranks' shards."""
         model.eval()
-        logits, labels = [], []
+        sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
         for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits.append(self._logits(model, x))
-            labels.append(y)
-        return torch.cat(logits), torch.cat(labels)
-
-    @torch.inference_mode()
-    def evaluate(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
-        """Test loss and accuracy, summed over the ranks' shards of the test set."""
-        model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for x, y in loader:
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            out = self._logits(model, x)
+            x, y = runtime.batch(x, y)
+            out = logits(model, x, runtime, self.tta)
             sums += batch_sums(nn.functional.cross_entropy(out.double(), y, reduction="sum"),
                                (out.argmax(1) == y).sum(), len(y))
         loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
-        return {"test_loss": loss_sum / seen, "test_acc": correct / seen}
+        return {f"{split}_loss": loss_sum / seen, f"{split}_acc": correct / seen}
 
-    def fit(self, model: nn.Module, data: Data, optimizer: Callable, scheduler: Callable, logger: Logger,
-            run_dir: str | Path, extra_state: dict[str, Any] | None = None,
-            checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary.
+    # ------------------------------------------------------------------------------------- checkpoints
+    def save_last(self, state: State, run_dir: RunDir, sums: Tensor, extras: dict[str, Any]) -> None:
+        """A resumable last.pt at the current progress (a collective: every rank takes part, rank 0 writes)."""
+        self.check_finite(state, run_dir)
+        if not self.save_checkpoints:
+            return
+        rngs, rank_sums = distributed.gather(checkpoint.rng_state()), distributed.gather(sums.tolist())
+        if distributed.rank() == 0:
+            checkpoint.save_last(run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
+                                 state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums,
+                                 rngs, extras)
 
-        `optimizer(params)` and `scheduler(optimizer, steps_per_epoch, epochs)` are the partially applied
-        configs; `checkpoint` is a loaded checkpoint to continue from.
-        """
-        run_dir = Path(run_dir)
-        if self.sync_batchnorm and self.world_size > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        opt = optimizer(model.parameters())
-        steps_per_epoch = len(data.train)
-        sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        forward = model
-        if self.world_size > 1:
-            forward = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.compile:
-            forward = torch.compile(forward)
+    def check_finite(self, state: State, run_dir: RunDir) -> None:
+        bad = nonfinite(state.model.state_dict())
+        if distributed.any_rank(len(bad)):
+            self.diverged(state, run_dir, f"{len(bad)} weight and buffer tensors hold NaN or inf "
+                                          f"({bad[0] if bad else 'on another rank'})")
 
-        epoch, start_batch, step, best_acc, running = 1, 0, 0, 0.0, None
-        if checkpoint is not None:
-            load_weights(model, checkpoint)
-            opt.load_state_dict(checkpoint["optimizer"])
-            sched.load_state_dict(checkpoint["scheduler"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            epoch, start_batch, step = checkpoint["next_epoch"], checkpoint["next_batch"], checkpoint["step"]
-            # RNG states and running sums are kept per rank
-            rngs, rank_sums = checkpoint["rng"], checkpoint["running"]
-            if len(rngs) != self.world_size:
-                log.warning("checkpoint has the RNG states of %d ranks, this run has %d: dropout and other random "
-                            "layers will not continue exactly", len(rngs), self.world_size)
-            best_acc, running = checkpoint["best_acc"], rank_sums[self.rank % len(rank_sums)]
-            set_rng_state(rngs[self.rank % len(rngs)])
+    def diverged(self, state: State, run_dir: RunDir, what: str) -> None:
+        p = state.progress
+        kept = f"the last finite checkpoint is {run_dir.last}" if run_dir.last.exists() else \
+            "no checkpoint was written"
+        raise CnnlabError(f"training diverged at epoch {p.epoch}, step {p.step}: {what}; {kept}; lower optim.lr or "
+                          "set trainer.grad_clip")
 
-        def save(name: str, epoch: int, batch: int, sums: Tensor) -> None:
-            """A resumable checkpoint: training continues at batch `batch` of epoch `epoch`."""
-            if not self.save_checkpoints:
-                return
-            # collectives: every rank takes part, rank 0 writes
-            rngs, rank_sums = distributed.gather(rng_state()), distributed.gather(sums.tolist())
-            if self.rank == 0:
-                atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                             "next_epoch": epoch, "next_batch": batch, "step": step, "best_acc": best_acc,
-                             "running": rank_sums, "rng": rngs, **(extra_state or {})},
-                            run_dir / name)
 
-        summary: dict[str, Any] = {}
-        start = time.perf_counter()
-        while epoch <= self.epochs:
-            model.train()
-            if hasattr(data.train, "set_epoch"):
-                data.train.set_epoch(epoch, start_batch)
-            elif hasattr(getattr(data.train, "sampler", None), "set_epoch"):
-                data.train.sampler.set_epoch(epoch)  # torchvision path under DDP: a DistributedSampler
-            # loss sum, correct, images: summed on the device, read only at log intervals
-            sums = torch.tensor(running or [0.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
-            running = None
-            epoch_start = mark = time.perf_counter()
-            mark_images = self._totals(sums)[2]
-            for batch, (x, y) in enumerate(data.train, start=start_batch):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                if self.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with self.autocast():
-                    out = forward(x)
-                    loss = criterion(out, y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if self.grad_clip:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                step += 1
-                sums += batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
-                if step % self.log_every == 0:
-                    loss_sum, correct, seen = self._totals(sums)
-                    self._check_finite(loss_sum, epoch, step, run_dir)
-                    now = time.perf_counter()
-                    logger.log({"kind": "step", "epoch": epoch, "step": step, "batch": batch + 1,
-                                "batches": steps_per_epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                                "lr": opt.param_groups[0]["lr"],
-                                "images_per_second": (seen - mark_images) / max(now - mark, 1e-9)})
-                    mark, mark_images = now, seen
-                if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
-                    save("last.pt", epoch, batch + 1, sums)
-            loss_sum, correct, seen = self._totals(sums)
-            self._check_finite(loss_sum, epoch, step, run_dir)
-            train_seconds = time.perf_counter() - epoch_start
-            record = {"kind": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / max(seen, 1),
-                      "train_acc": correct / max(seen, 1), "lr": opt.param_groups[0]["lr"],
-                      "epoch_seconds": train_seconds, "images_per_second": seen / max(train_seconds, 1e-9)}
-            if epoch % self.eval_every == 0 or epoch == self.epochs:
-                record.update(self.evaluate(model, data.test))
-            record["seconds"] = time.perf_counter() - start
-            logger.log(record)
-            summary.update({k: v for k, v in record.items() if k not in ("kind", "seconds")})
-            is_best = record.get("test_acc", -1.0) > best_acc
-            best_acc = max(best_acc, record.get("test_acc", 0.0))
-            epoch, start_batch = epoch + 1, 0
-            save("last.pt", epoch, 0, torch.zeros(3))
-            if is_best and self.save_checkpoints and self.rank == 0:
-                # best.pt is for evaluation and fine-tuning: weights and config, no optimizer state
-                atomic_save({"model": model.state_dict(), "epoch": epoch - 1, "step": step,
-                             "best_acc": best_acc, **(extra_state or {})}, run_dir / "best.pt")
-        summary.update({"best_test_acc": best_acc, "final_test_acc": summary.get("test_acc"),
-                        "train_seconds": time.perf_counter() - start})
-        return summary
+def logits(model: nn.Module, x: Tensor, runtime: Runtime, tta: str = "none") -> Tensor:
+    """float32 logits of an evaluation batch, averaged with the mirror image's when `tta` is "flip"."""
+    with runtime.autocast():
+        out = model(x).float()
+        if tta == "flip":
+            out = (out + model(x.flip(3)).float()) / 2
+    return out
 
-    @staticmethod
-    def _totals(sums: Tensor) -> list[float]:
-        """Loss sum, correct and images over all ranks (the only host sync of the training loop)."""
-        return distributed.all_reduce_sum(sums.clone()).tolist()
 
-    def _check_finite(self, loss_sum: float, epoch: int, step: int, run_dir: Path) -> None:
-        if not math.isfinite(loss_sum):
-            kept = run_dir / "last.pt"
-            where = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
-            raise CnnlabError(f"training diverged: the train loss is {loss_sum} at epoch {epoch}, step {step}; "
-                              f"{where}; lower optim.lr or set trainer.grad_clip")
+def totals(sums: Tensor) -> list[float]:
+    """Loss sum, correct and images over all ranks (the only host sync of the training loop)."""
+    return distributed.all_reduce_sum(sums.clone()).tolist()
+
+
+def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or inf."""
+    floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
+    if not floats:
+        return []
+    ok = torch.stack([t.isfinite().all() for t in floats.values()]).tolist()
+    return [k for k, good in zip(floats, ok, strict=True) if not good]

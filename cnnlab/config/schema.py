@@ -1,0 +1,254 @@
+"""The typed schema of every config group: each leaf key's type, allowed values and range.
+
+A group whose options build different objects (model, optim, sched, dataset.source, logger) is a union of
+nodes told apart by `_target_`, so the union is also the allow-list of what a config, and so a checkpoint's
+recorded config, may name. The YAML files under conf/ hold the values; tests check every option against this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from cnnlab.config.check import LINKED, Length, Pattern, Range
+
+PosInt = Annotated[int, Range(ge=1)]
+NonNegInt = Annotated[int, Range(ge=0)]
+PosFloat = Annotated[float, Range(gt=0)]
+NonNegFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, lt=1)]  # dropout, smoothing, momentum: 1 would mean nothing is learnt
+Ratio = Annotated[float, Range(ge=0, le=1)]
+Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac"]
+
+
+# ------------------------------------------------------------------------------------------------ model
+@dataclass
+class VGGNode:
+    _target_: Literal["cnnlab.models.VGG"]
+    cfg: list[PosInt | Literal["M"]]
+    num_classes: PosInt
+    batch_norm: bool
+    classifier_hidden: list[PosInt]
+    classifier_dropout: Fraction
+    classifier_batch_norm: bool
+    init: Init
+    in_channels: PosInt
+
+
+@dataclass
+class ResNetNode:
+    _target_: Literal["cnnlab.models.ResNet"]
+    block: Literal["basic", "bottleneck"]
+    layers: list[PosInt]
+    widths: list[PosInt]
+    strides: list[PosInt]
+    num_classes: PosInt
+    stem: Literal["cifar", "imagenet"]
+    stem_width: PosInt
+    downsample_at: Literal["first", "last"]
+    stride_at: Literal["3x3", "1x1"]
+    relu: Literal["after_add", "every_conv"]
+    conv_bias: bool
+    shortcut: Literal["identity_when_possible", "always_project"]
+    init: Init
+    zero_init_residual: bool
+    in_channels: PosInt
+
+
+# ------------------------------------------------------------------------------------------ optim, sched
+@dataclass
+class SGDNode:
+    _target_: Literal["torch.optim.SGD"]
+    _partial_: Literal[True]
+    lr: PosFloat
+    momentum: Fraction
+    dampening: Fraction
+    nesterov: bool
+    weight_decay: NonNegFloat
+
+
+@dataclass
+class AdamNode:
+    _target_: Literal["torch.optim.Adam"]
+    _partial_: Literal[True]
+    lr: PosFloat
+    betas: Annotated[list[Fraction], Length(2)]
+    eps: PosFloat
+    weight_decay: NonNegFloat
+    amsgrad: bool
+
+
+@dataclass
+class AdamWNode(AdamNode):
+    _target_: Literal["torch.optim.AdamW"]  # type: ignore[assignment]
+
+
+@dataclass
+class ConstantNode:
+    _target_: Literal["cnnlab.train.schedules.constant"]
+    _partial_: Literal[True]
+    warmup_epochs: NonNegFloat
+
+
+@dataclass
+class StepNode(ConstantNode):
+    _target_: Literal["cnnlab.train.schedules.step"]  # type: ignore[assignment]
+    milestones: list[PosInt]
+    gamma: PosFloat
+
+
+@dataclass
+class CosineNode(ConstantNode):
+    _target_: Literal["cnnlab.train.schedules.cosine"]  # type: ignore[assignment]
+    min_lr_ratio: Ratio
+
+
+@dataclass
+class OneCycleNode:
+    _target_: Literal["cnnlab.train.schedules.onecycle"]
+    _partial_: Literal[True]
+    pct_start: Annotated[float, Range(gt=0, lt=1)]
+    start_ratio: Ratio
+    end_ratio: Ratio
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class CifarNode:
+    _target_: Literal["cnnlab.data.sources.Cifar"]
+    root: str
+    variant: Literal["cifar10", "cifar100"]
+    download: bool
+    url: str
+    md5: str | None
+    png_fallback: str | None
+
+
+@dataclass
+class ImageFolderNode:
+    _target_: Literal["cnnlab.data.sources.ImageFolder"]
+    root: str
+    image_size: PosInt
+    workers: PosInt | None
+
+
+@dataclass
+class SyntheticNode:
+    _target_: Literal["cnnlab.data.sources.Synthetic"]
+    num_classes: Annotated[PosInt, LINKED]
+    train_size: PosInt
+    test_size: PosInt
+    image_size: PosInt
+    noise: NonNegFloat
+    seed: NonNegInt
+
+
+@dataclass
+class DatasetNode:
+    _target_: Literal["cnnlab.data.Dataset"]
+    name: str
+    root: str | None
+    num_classes: PosInt
+    mean: Annotated[list[float], Length(3)] | None
+    std: Annotated[list[PosFloat], Length(3)] | None
+    val_size: Literal["auto"] | NonNegInt | Annotated[float, Range(gt=0, lt=1)]
+    val_seed: NonNegInt
+    source: CifarNode | ImageFolderNode | SyntheticNode
+
+
+@dataclass
+class AugmentNode:
+    _target_: Literal["cnnlab.data.Augment"]
+    crop_padding: NonNegInt
+    padding_mode: Literal["zeros", "reflect"]
+    flip: bool
+    cutout: NonNegInt
+    drop_last: bool
+
+
+@dataclass
+class DataNode:
+    _target_: Literal["cnnlab.data.make_data"]
+    _partial_: Literal[True]
+    dataset: Annotated[DatasetNode, LINKED]
+    augment: Annotated[AugmentNode, LINKED]
+    loader: Literal["tensor", "torchvision"]
+    num_workers: NonNegInt
+    batch_size: PosInt
+    eval_batch_size: PosInt | None
+    seed: Annotated[NonNegInt, LINKED]
+    cache_dir: Annotated[str, LINKED]
+
+
+# ------------------------------------------------------------------------------- trainer, runtime, logger
+@dataclass
+class TrainerNode:
+    _target_: Literal["cnnlab.train.trainer.Trainer"]
+    epochs: PosInt
+    label_smoothing: Fraction
+    grad_clip: PosFloat | None
+    log_every: PosInt
+    eval_every: PosInt
+    tta: Literal["none", "flip"]
+    save_checkpoints: bool
+    checkpoint_every_steps: NonNegInt
+    resume: Literal["auto", "allow"] | Annotated[str, Pattern(r".*\.pt", "a path to a .pt checkpoint")] | None
+
+
+@dataclass
+class RuntimeNode:
+    _target_: Literal["cnnlab.runtime.Runtime"]
+    device: Annotated[str, Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N, mps")]
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    channels_last: Literal["auto", True, False]
+    compile: bool
+    deterministic: bool
+    strategy: Literal["single", "ddp"]
+    sync_batchnorm: bool
+    ddp_timeout_s: PosFloat
+
+
+@dataclass
+class WandbNode:
+    _target_: Literal["cnnlab.track.wandb_logger.WandbLogger"]
+    project: str
+    entity: str | None
+    mode: Literal["online", "offline", "disabled"] | None
+    tags: list[str]
+    job_type: str
+    init_timeout: PosFloat
+    log_checkpoint: bool
+
+
+@dataclass
+class NoLoggerNode:
+    """logger=none: no W&B."""
+
+
+# ------------------------------------------------------------------------------------------- the whole run
+@dataclass
+class RunNode:
+    seed: NonNegInt
+    objective: Literal["best_val_acc", "final_val_acc", "final_test_acc"]
+    data_dir: str
+    cache_dir: str
+    data: DataNode
+    dataset: DatasetNode
+    augment: AugmentNode
+    model: VGGNode | ResNetNode
+    optim: SGDNode | AdamNode | AdamWNode
+    sched: ConstantNode | StepNode | CosineNode | OneCycleNode
+    trainer: TrainerNode
+    runtime: RuntimeNode
+    logger: WandbNode | NoLoggerNode
+
+
+@dataclass
+class EvaluateNode:
+    checkpoint: Annotated[str, Pattern(r".+", "a path to a checkpoint")]
+    split: Literal["test", "val"]
+    tta: Literal["none", "flip"]
+    batch_size: PosInt
+    dataset_root: str | None
+    cache_dir: str
+    runtime: RuntimeNode

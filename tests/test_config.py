@@ -1,0 +1,233 @@
+"""The config tree and its schema: every option of every group passes the schema, every leaf key of every
+schema node refuses a wrong type and an out-of-range value in one line, and the seed's setup is exact."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import pytest
+from conftest import CONF, make_cfg
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cnnlab.config import ConfigError, validate, validate_evaluate
+from cnnlab.config import schema as S
+from cnnlab.config.check import LINKED, Length, Pattern, Range, target_of
+
+GROUPS = ["model", "optim", "sched", "dataset", "augment", "trainer", "runtime", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+NEEDS = {"imagefolder": ["dataset.root=/nonexistent"], "cifar10_folder": []}  # compose-only options
+
+
+@functools.cache
+def composed(overrides: tuple[str, ...]) -> DictConfig:
+    return make_cfg(*overrides)
+
+
+def compose_option(group: str, option: str) -> DictConfig:
+    extra = ["dataset.num_classes=3"] if (group, option) == ("dataset", "imagefolder") else []
+    return composed((f"{group}={option}", *NEEDS.get(option, []), *extra))
+
+
+@pytest.mark.parametrize("group,option", OPTIONS)
+def test_every_option_of_every_group_passes_the_schema(group: str, option: str) -> None:
+    validate(copy.deepcopy(compose_option(group, option)))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_passes_the_schema_and_builds_its_model(name: str) -> None:
+    cfg = make_cfg(f"experiment={name}")
+    validate(cfg)
+    assert instantiate(cfg.model) is not None
+    assert instantiate(cfg.optim).func is not None and instantiate(cfg.sched).func is not None
+
+
+def test_the_evaluate_config_passes_its_schema_once_a_checkpoint_is_given() -> None:
+    validate_evaluate(make_cfg("checkpoint=x.pt", config_name="evaluate"))
+    with pytest.raises(ConfigError, match=r"^checkpoint is not set; give it, for example checkpoint="):
+        validate_evaluate(make_cfg(config_name="evaluate"))
+
+
+# ------------------------------------------------------------------------------ generated from the schema
+def leaves(node: Any, schema: type, key: str = "") -> Iterator[tuple[type, str, str, Any]]:
+    """(schema node, field, full key, type) of every leaf key the config `node` has under `schema`."""
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for f in dataclasses.fields(schema):
+        hint, full = hints[f.name], f"{key}.{f.name}" if key else f.name
+        base = get_args(hint)[0] if get_origin(hint) is Annotated else hint
+        if dataclasses.is_dataclass(base):
+            if LINKED not in get_args(hint):  # a linked node is checked at its home
+                yield from leaves(node[f.name], base, full)
+        elif get_origin(hint) in (Union, types.UnionType) and any(dataclasses.is_dataclass(a) for a in get_args(hint)):
+            target = node[f.name].get("_target_")
+            (chosen,) = [a for a in get_args(hint) if target_of(a) == target]
+            yield from leaves(node[f.name], chosen, full)
+        else:
+            yield schema, f.name, full, hint
+
+
+def every_leaf() -> list[tuple[str, str, Any, list[str]]]:
+    """Each (schema node, field) once, with the key it has in the first config option that holds it."""
+    seen: dict[tuple[type, str], tuple[str, str, Any, list[str]]] = {}
+    for group, option in OPTIONS:
+        overrides = [f"{group}={option}", *NEEDS.get(option, [])]
+        for schema, name, key, hint in leaves(compose_option(group, option), S.RunNode):
+            seen.setdefault((schema, name), (f"{schema.__name__}.{name}", key, hint, overrides))
+    return list(seen.values())
+
+
+LEAVES = every_leaf()
+
+
+WRONG_TYPES = ("maybe", 1.5, 7, [1], {"a": 1})  # a string, a float, an int, a list, a mapping
+
+
+def wrong_type(hint: Any) -> Any:
+    """A value of a type the key does not take: for a bool "maybe", for an int 1.5, for a string 7, ..."""
+    return next(v for v in WRONG_TYPES if not _allows(hint, v))
+
+
+def out_of_range(hint: Any) -> Any | None:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        for extra in args[1:]:
+            if isinstance(extra, Range):
+                return extra.ge - 1 if extra.ge is not None else extra.gt if extra.gt is not None else \
+                    extra.le + 1 if extra.le is not None else extra.lt
+            if isinstance(extra, Length):
+                return [0.5] * (extra.n + 1)
+            if isinstance(extra, Pattern):
+                return "%%% no match %%%"
+        return out_of_range(args[0])
+    if origin is Literal:
+        return "bogus"
+    if origin is list:
+        inner = out_of_range(args[0])
+        return None if inner is None else [inner]
+    if origin in (Union, types.UnionType):
+        for option in args:
+            value = out_of_range(option)
+            if value is not None and not any(_allows(o, value) for o in args):
+                return value
+    return None
+
+
+def _allows(hint: Any, value: Any) -> bool:
+    from cnnlab.config.check import check
+
+    try:
+        check(value, hint, "x")
+        return True
+    except ConfigError:
+        return False
+
+
+def assert_refused(overrides: list[str], key: str, value: Any) -> None:
+    cfg = copy.deepcopy(composed(tuple(overrides)))
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith((f"{key} is ", f"{key}[")) and "; allowed: " in message, message
+
+
+@pytest.mark.parametrize("name,key,hint,overrides", LEAVES, ids=[leaf[0] for leaf in LEAVES])
+def test_every_leaf_key_refuses_a_wrong_type(name: str, key: str, hint: Any, overrides: list[str]) -> None:
+    assert_refused(overrides, key, wrong_type(hint))
+
+
+RANGED = [leaf for leaf in LEAVES if out_of_range(leaf[2]) is not None]
+
+
+@pytest.mark.parametrize("name,key,hint,overrides", RANGED, ids=[leaf[0] for leaf in RANGED])
+def test_every_bounded_leaf_key_refuses_a_value_out_of_range(name: str, key: str, hint: Any,
+                                                             overrides: list[str]) -> None:
+    assert_refused(overrides, key, out_of_range(hint))
+
+
+def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
+    nodes = {name.split(".")[0] for name, *_ in LEAVES}
+    defined = {n for n, v in vars(S).items() if n.endswith("Node") and dataclasses.fields(v)}
+    assert defined - {"EvaluateNode", "RunNode"} <= nodes
+    assert len(LEAVES) > 90 and len(RANGED) > 60
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.grad_clip=-1", "trainer.grad_clip is -1; allowed: a number > 0 or null"),
+    ("runtime.compile=maybe", "runtime.compile is 'maybe'; allowed: true or false"),
+    ("runtime.channels_last=maybe", "runtime.channels_last is 'maybe'; allowed: auto | true | false"),
+    ("trainer.label_smoothing=1.5", "trainer.label_smoothing is 1.5; allowed: a number >= 0 and < 1"),
+    ("augment.crop_padding=-2", "augment.crop_padding is -2; allowed: an integer >= 0"),
+    ("model=resnet18 model.layers=[0,0,0,0]", "model.layers[0] is 0; allowed: an integer >= 1"),
+    ("+trainer.foo=1", "trainer.foo is not a key of trainer (cnnlab.train.trainer.Trainer); allowed keys: "),
+])
+def test_the_reported_bad_values_are_refused_in_one_line(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*override.split()))
+    assert str(err.value).startswith(message)
+
+
+def test_a_validation_objective_needs_a_validation_split() -> None:
+    with pytest.raises(ConfigError, match="objective is best_val_acc but dataset.val_size is 0"):
+        validate(make_cfg("dataset.val_size=0"))
+    validate(make_cfg("dataset.val_size=0", "objective=final_test_acc"))
+
+
+def test_a_missing_mandatory_value_is_one_line() -> None:
+    with pytest.raises(ConfigError, match=r"^dataset.root is not set; give it, for example dataset.root=<"):
+        validate(make_cfg("dataset=imagefolder"))
+
+
+# ------------------------------------------------------------------------------------------ the seed, exact
+@pytest.mark.parametrize("name", ["seed_vgg16", "seed_resnet50_layer4"])
+def test_seed_experiments_are_the_seeds_main_py(name: str) -> None:
+    cfg = make_cfg(f"experiment={name}")
+    assert cfg.model == make_cfg(f"model={name.removeprefix('seed_')}").model
+    assert cfg.data.batch_size == 100 and cfg.trainer.epochs == 250
+    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0
+    assert cfg.sched._target_ == "cnnlab.train.schedules.constant" and cfg.sched.warmup_epochs == 0
+    assert cfg.augment.crop_padding == 4 and cfg.augment.flip and cfg.augment.padding_mode == "zeros"
+    assert cfg.augment.cutout == 0 and cfg.trainer.label_smoothing == 0 and cfg.runtime.precision == "fp32"
+    assert list(cfg.dataset.mean) == [0.4914, 0.4822, 0.4465]
+    assert list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]  # the seed's (wrong) std, for fidelity
+    assert cfg.dataset.val_size == 0 and cfg.objective == "final_test_acc"  # the seed had no validation split
+
+
+def test_root_config_is_the_seed_vgg16_run_plus_a_validation_split_and_the_correct_std() -> None:
+    root, seed = make_cfg(), make_cfg("experiment=seed_vgg16")
+    assert list(root.dataset.std) == [0.2470, 0.2435, 0.2616]
+    assert root.dataset.val_size == 5000 and root.objective == "best_val_acc"
+    for key in ("model", "optim", "sched", "augment", "trainer"):
+        assert root[key] == seed[key], key
+    assert root.runtime.precision == "auto" and seed.runtime.precision == "fp32"  # the seed ran in fp32
+
+
+def test_values_are_written_once_and_interpolated() -> None:
+    cfg = make_cfg("dataset=cifar100", "model=resnet18")
+    assert cfg.model.num_classes == 100
+    raw = OmegaConf.to_container(cfg)
+    assert raw["model"]["num_classes"] == "${dataset.num_classes}"
+    assert raw["data"]["dataset"] == "${dataset}" and raw["data"]["augment"] == "${augment}"
+
+
+def test_shared_recipes_are_inherited_not_restated() -> None:
+    vgg, resnet = make_cfg("experiment=vgg16_bn_sgd"), make_cfg("experiment=resnet18_sgd")
+    base = make_cfg("experiment=kuangliu_sgd")
+    for key in ("optim", "sched", "trainer", "data"):
+        assert vgg[key] == resnet[key] == base[key], key
+    assert base.optim.lr == 0.4 and base.data.batch_size == 512 and base.trainer.epochs == 200
+
+
+def test_seed_resume_continues_a_checkpoint_for_one_more_epoch() -> None:
+    assert make_cfg("experiment=seed_resume").trainer.resume == "auto"
+    cfg = make_cfg("experiment=seed_resume", "trainer.resume=/runs/x/last.pt")
+    assert cfg.trainer.epochs == 251 and cfg.trainer.resume == "/runs/x/last.pt"
+    assert cfg.optim.lr == 1e-3 and cfg.data.batch_size == 100
