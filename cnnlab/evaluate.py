@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     confusion = torch.bincount(labels * n + preds, minlength=n * n).reshape(n, n).cpu()
     per_class = (confusion.diag() / confusion.sum(1).clamp(min=1)).tolist()
     result = {"checkpoint": str(Path(cfg.checkpoint).resolve()), "split": cfg.split, "tta": cfg.tta,
-              "images": len(labels), "acc": (preds == labels).float().mean().item(),
+              "images": len(labels), "acc": (preds == labels).sum().item() / len(labels),
               "loss": torch.nn.functional.cross_entropy(out, labels).item(),
               "per_class_acc": dict(zip(data.classes, per_class, strict=True)), "confusion": confusion.tolist(),
               "classes": data.classes, "data": data.description}

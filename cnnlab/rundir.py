@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +52,13 @@ class RunDir:
 
 
 def remove_if_empty(path: Path) -> None:
-    """Remove a dir Hydra created for a run that failed before writing anything into it."""
-    with contextlib.suppress(OSError):
-        path.rmdir()
+    """Remove a dir Hydra created for a run that failed before writing anything into it, and its parents
+    (outputs/runs, outputs) where that leaves them empty, up to the launch dir."""
+    launch = Path.cwd().resolve()
+    path = path.resolve()
+    while path != launch and launch in path.parents:
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent

@@ -1,57 +1,60 @@
+"""`cnnlab.evaluate`: the trainer's figures again, class by class, from a checkpoint's schema-checked record."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-from conftest import SYNTH, TINY, make_cfg, run_cli
+from conftest import QUICK, epochs_of, make_cfg, run_cli
 
 from cnnlab import CnnlabError
 from cnnlab.evaluate import evaluate
 from cnnlab.run import train
-from cnnlab.track.metrics import read_metrics
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("trained")
-    train(make_cfg(*TINY, *SYNTH, "trainer.epochs=3", "optim.lr=3e-3", "logger=none"), run_dir)
+    train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3"), run_dir)
     return run_dir
 
 
+def eval_cfg(*overrides: str):
+    return make_cfg(*overrides, config_name="evaluate")
+
+
 def test_evaluate_reproduces_the_trainers_figures_per_class(trained: Path, tmp_path: Path) -> None:
-    result = evaluate(trained / "best.pt", tmp_path)
-    best = max(r["test_acc"] for r in read_metrics(trained / "metrics.jsonl") if r["kind"] == "epoch")
-    assert result["test_acc"] == pytest.approx(best, abs=1e-6)
+    result = evaluate(eval_cfg(f"checkpoint={trained / 'last.pt'}"), tmp_path)
+    final = epochs_of(trained)[-1]
+    assert result["acc"] == pytest.approx(final["test_acc"], abs=1e-9)
+    assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-4)
     assert result["images"] == 256 and len(result["per_class_acc"]) == 10
     confusion = result["confusion"]
     assert sum(map(sum, confusion)) == 256
-    assert sum(confusion[i][i] for i in range(10)) / 256 == pytest.approx(result["test_acc"])
+    assert sum(confusion[i][i] for i in range(10)) / 256 == pytest.approx(result["acc"])
     saved = json.loads((tmp_path / "eval.json").read_text())
-    assert saved["test_acc"] == result["test_acc"]
+    assert saved["acc"] == result["acc"] and "synthetic" in saved["data"]
     assert (tmp_path / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_flip_tta_changes_the_predictions_not_the_bookkeeping(trained: Path, tmp_path: Path) -> None:
-    plain = evaluate(trained / "last.pt", tmp_path / "plain")
-    tta = evaluate(trained / "last.pt", tmp_path / "tta", tta_flip=True)
-    assert tta["images"] == plain["images"] and tta["tta_flip"]
-    assert tta["test_loss"] != plain["test_loss"]
+def test_the_validation_split_and_flip_tta(trained: Path, tmp_path: Path) -> None:
+    val = evaluate(eval_cfg(f"checkpoint={trained / 'last.pt'}", "split=val"), tmp_path / "val")
+    assert val["acc"] == pytest.approx(epochs_of(trained)[-1]["val_acc"], abs=1e-9) and val["images"] == 51
+    plain = evaluate(eval_cfg(f"checkpoint={trained / 'last.pt'}"), tmp_path / "plain")
+    tta = evaluate(eval_cfg(f"checkpoint={trained / 'last.pt'}", "tta=flip"), tmp_path / "tta")
+    assert tta["images"] == plain["images"] and tta["tta"] == "flip" and tta["loss"] != plain["loss"]
 
 
+def test_a_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match=r"^checkpoint .*missing.pt does not exist$"):
+        evaluate(eval_cfg(f"checkpoint={tmp_path / 'missing.pt'}"), tmp_path / "out")
+
+
+@pytest.mark.slow
 def test_evaluate_command_line(trained: Path, tmp_path: Path) -> None:
-    res = run_cli(f"checkpoint={trained / 'last.pt'}", cwd=tmp_path, module="cnnlab.evaluate")
+    res = run_cli(f"checkpoint={trained / 'best.pt'}", cwd=tmp_path, module="cnnlab.evaluate")
     assert res.returncode == 0, res.stderr[-2000:]
     (out,) = (tmp_path / "outputs" / "eval").iterdir()
-    assert (out / "eval.json").exists() and (out / "confusion.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "eval.json"]
     assert "test accuracy" in res.stdout + res.stderr
-    bad = run_cli(f"checkpoint={tmp_path / 'missing.pt'}", cwd=tmp_path, module="cnnlab.evaluate")
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: checkpoint ")
-
-
-def test_checkpoint_without_config_cannot_be_evaluated(tmp_path: Path) -> None:
-    import torch
-
-    torch.save({"model": {}}, tmp_path / "bare.pt")
-    with pytest.raises(CnnlabError, match="carries no config"):
-        evaluate(tmp_path / "bare.pt", tmp_path / "out")

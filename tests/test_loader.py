@@ -1,3 +1,5 @@
+"""The loaders: torchvision's augmentation semantics, exact per-epoch plans, mid-epoch resume, DDP shards."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,6 +9,7 @@ from PIL import Image
 from torchvision import transforms
 
 from cnnlab.data.loader import TensorLoader, crop_flip
+from cnnlab.data.torchvision_loader import TensorImages, TorchvisionLoader
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
@@ -132,3 +135,50 @@ def test_ranks_split_every_global_batch_of_the_single_process_order(world: int) 
 def test_a_last_batch_smaller_than_the_world_is_dropped_everywhere() -> None:
     assert len(loader(n=601, batch_size=300, world_size=2)) == 2
     assert len(loader(n=602, batch_size=300, world_size=2)) == 3
+
+
+# ------------------------------------------------------------- the torchvision loader meets the same protocol
+def tv_loader(n: int = 200, batch_size: int = 64, workers: int = 0, **kw) -> TorchvisionLoader:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return TorchvisionLoader(TensorImages(images, torch.arange(n)), batch_size, MEAN, STD,
+                             **{"train": True, "image_size": 32, "seed": 5, "num_workers": workers, **kw})
+
+
+def test_torchvision_loader_walks_the_tensor_loaders_order() -> None:
+    tv = tv_loader()
+    tensor = loader(n=200, batch_size=64, seed=5)
+    for epoch in (1, 2):
+        tv.set_epoch(epoch)
+        tensor.set_epoch(epoch)
+        assert [y.tolist() for _, y in tv] == [y.tolist() for _, y in tensor]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_torchvision_loader_resumes_mid_epoch_exactly_with_any_workers(workers: int) -> None:
+    full = tv_loader()
+    full.set_epoch(3)
+    batches = list(full)
+    resumed = tv_loader(workers=workers)
+    resumed.set_epoch(3, start_batch=2)
+    rest = list(resumed)
+    assert len(rest) == len(batches) - 2
+    for (x, y), (rx, ry) in zip(batches[2:], rest, strict=True):
+        assert torch.equal(x, rx) and torch.equal(y, ry)  # the same images, the same random crops and flips
+
+
+def test_torchvision_loader_augments_and_evaluates_plainly() -> None:
+    train, ev = tv_loader(), tv_loader(train=False)
+    train.set_epoch(1)
+    ev.set_epoch(1)
+    (x, _), (ex, ey) = next(iter(train)), next(iter(ev))
+    assert torch.equal(ey, torch.arange(64))  # evaluation walks the data in order
+    assert not torch.equal(x, ex)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_torchvision_loader_ranks_split_each_global_batch(world: int) -> None:
+    single = [y for _, y in tv_loader()]
+    shards = [[y for _, y in tv_loader(rank=r, world_size=world)] for r in range(world)]
+    for b, y in enumerate(single):
+        assert torch.equal(torch.cat([s[b] for s in shards]), y)

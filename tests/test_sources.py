@@ -1,15 +1,26 @@
+"""Where pixels come from: CIFAR batch files (downloaded for real from a local HTTP server, or the PNG copy
+as a fallback), image folders and their cache (also under concurrent builders), and the synthetic task."""
+
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import os
 import pickle
+import socket
+import subprocess
+import sys
 import tarfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_image_tree
+from conftest import ROOT, TINY, run_cli, write_image_tree
 
 from cnnlab import CnnlabError
 from cnnlab.data.sources import Cifar, ImageFolder, Synthetic
@@ -55,11 +66,66 @@ def test_cifar_archive_in_the_data_dir_is_extracted_and_read(tmp_path: Path, var
     assert (tmp_path / ("cifar-10-batches-py" if variant == "cifar10" else "cifar-100-python")).is_dir()
 
 
-def test_cifar_offline_without_data_says_how_to_supply_it(tmp_path: Path) -> None:
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A generated cifar-10-python.tar.gz served over HTTP from localhost: (its URL, its md5)."""
+    write_cifar_archive(tmp_path / "site")
+    archive = tmp_path / "site" / "cifar-10-python.tar.gz"
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/{archive.name}", hashlib.md5(archive.read_bytes()).hexdigest()
+    finally:
+        server.shutdown()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/cifar-10-python.tar.gz"  # nothing listens there any more
+
+
+def test_cifar_is_downloaded_checked_and_extracted(tmp_path: Path, served: tuple[str, str]) -> None:
+    url, md5 = served
+    data = Cifar(str(tmp_path / "data"), url=url, md5=md5).load()
+    assert data.train_x.shape == (100, 3, 32, 32) and "CIFAR-10 from" in data.description
+    assert (tmp_path / "data" / "cifar-10-python.tar.gz").is_file()
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_not_kept(tmp_path: Path, served: tuple[str, str]) -> None:
+    url, _ = served
+    with pytest.raises(CnnlabError, match=r"has md5 [0-9a-f]+, expected 0{32}") as err:
+        Cifar(str(tmp_path / "data"), url=url, md5="0" * 32).load()
+    assert "\n" not in str(err.value) and not list((tmp_path / "data").glob("*.tar.gz"))
+
+
+def test_without_network_the_png_copy_is_used_and_said_so(tmp_path: Path) -> None:
+    tree = write_image_tree(tmp_path / "png", {"train": 4, "test": 2})
+    data = Cifar(str(tmp_path / "data"), url=closed_port_url(), png_fallback=str(tree)).load(str(tmp_path / "cache"))
+    assert data.train_x.shape[0] == 12 and "the PNG copy in" in data.description
+    assert "went through JPEG" in data.description and "the download from http://127.0.0.1" in data.description
+
+
+def test_without_network_or_a_png_copy_the_error_says_how_to_provide_the_data(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError) as err:
-        Cifar(str(tmp_path / "nothing"), download=True).load()
+        Cifar(str(tmp_path / "nothing"), url=closed_port_url()).load()
     msg = str(err.value)
-    assert "\n" not in msg and "cifar-10-python.tar.gz" in msg and "dataset=imagefolder" in msg
+    assert "\n" not in msg and "cifar-10-python.tar.gz" in msg and "CNNLAB_CIFAR10_PNG" in msg
+    assert "dataset=imagefolder" in msg and "the download from http://127.0.0.1" in msg
+
+
+@pytest.mark.slow
+def test_the_cifar10_config_downloads_and_trains_from_the_command_line(tmp_path: Path,
+                                                                        served: tuple[str, str]) -> None:
+    url, md5 = served
+    res = run_cli(*TINY, "dataset=cifar10", f"dataset.source.url={url}", f"dataset.source.md5={md5}",
+                  "dataset.val_size=20", f"data_dir={tmp_path / 'data'}", "trainer.epochs=1", "logger=none",
+                  cwd=tmp_path, env={"CNNLAB_CIFAR10_PNG": str(tmp_path / "no_png")})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "data: CIFAR-10 from" in res.stdout + res.stderr and "80 train, 20 validation" in res.stdout + res.stderr
 
 
 def test_cifar_batch_file_with_a_code_payload_is_refused(tmp_path: Path) -> None:
@@ -149,3 +215,34 @@ def test_synthetic_is_deterministic_and_balanced() -> None:
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     counts = torch.bincount(a.train_y, minlength=10)
     assert counts.min() > 120 and a.train_x.dtype == torch.uint8
+
+
+BUILD_CACHE = """
+import sys
+from cnnlab.data.sources import ImageFolder
+data = ImageFolder(sys.argv[1]).load(sys.argv[2])
+print(data.train_x.shape[0])
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_builders_of_one_cache_all_succeed(tmp_path: Path) -> None:
+    root = write_image_tree(tmp_path / "tree", {"train": 40, "test": 10})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(3):
+        cache = tmp_path / f"cache{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", BUILD_CACHE, str(root), str(cache)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        results = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [err[-500:] for _, err in results]
+        assert [out.strip() for out, _ in results] == ["120"] * 4
+        assert len(list(cache.glob("imagefolder-*.pt"))) == 1 and not list(cache.glob(".*.tmp"))
+
+
+def test_an_unwritable_cache_dir_costs_a_warning_not_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_image_tree(tmp_path / "tree", {"train": 5, "test": 5})
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache dir should be")
+    data = ImageFolder(str(root)).load(str(blocker))
+    assert data.train_x.shape[0] == 15
+    assert "image cache not written" in caplog.text and blocker.read_text().startswith("a file")

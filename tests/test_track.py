@@ -1,4 +1,4 @@
-"""The console and metrics-file loggers."""
+"""The console and metrics-file loggers (the W&B logger is read back in test_run.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cnnlab.rundir import RunDir
 from cnnlab.track.console import ConsoleLogger
 from cnnlab.track.metrics import MetricsFile, read_metrics
 
@@ -28,11 +29,11 @@ def test_console_without_a_terminal_prints_plain_epoch_lines(caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="cnnlab"):
         console.log(STEP)
         console.log(EPOCH)
-        console.log({**EPOCH, "epoch": 2, "test_loss": 1.2, "test_acc": 0.55})
+        console.log({**EPOCH, "epoch": 2, "val_loss": 1.1, "val_acc": 0.6, "test_loss": 1.2, "test_acc": 0.55})
     assert stream.getvalue() == ""  # no progress bar without a TTY
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("epoch 1 | train loss 1.5000 acc 0.4000 | lr 0.1")
-    assert "| test loss 1.2000 acc 0.5500 |" in lines[1]
+    assert "| val loss 1.1000 acc 0.6000 | test loss 1.2000 acc 0.5500 |" in lines[1]
 
 
 def test_console_on_a_terminal_draws_a_progress_bar() -> None:
@@ -42,13 +43,14 @@ def test_console_on_a_terminal_draws_a_progress_bar() -> None:
 
 
 def test_metrics_file_on_resume_drops_what_came_after_the_checkpoint(tmp_path: Path) -> None:
-    first = MetricsFile(tmp_path)
+    first = MetricsFile(RunDir(tmp_path))
     for record in (STEP, EPOCH, {**STEP, "epoch": 2, "step": 15}, {**EPOCH, "epoch": 2, "step": 20},
                    {**STEP, "epoch": 3, "step": 25}):
         first.log(record)
-    first.close(ok=False)
+    first.close("failed")
     # the checkpoint was taken at step 20, but before epoch 2's record reached it (next_epoch still 2)
-    resumed = MetricsFile(tmp_path, resume_at=(20, 2))
+    resumed = MetricsFile(RunDir(tmp_path), resume_at=(20, 2))
+    assert [r["step"] for r in resumed.kept] == [5, 10, 15]
     resumed.close()
     kept = read_metrics(tmp_path / "metrics.jsonl")
     assert [(r["kind"], r["epoch"], r["step"]) for r in kept] == [("step", 1, 5), ("epoch", 1, 10), ("step", 2, 15)]

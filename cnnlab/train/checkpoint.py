@@ -68,6 +68,9 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CnnlabError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint of ours
+        raise CnnlabError(f"checkpoint {path} is not a readable checkpoint: truncated, corrupt or not one at all "
+                          "(not a file torch.save wrote)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
