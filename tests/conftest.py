@@ -89,9 +89,9 @@ def wandb_run(run_dir: Path) -> dict[str, Any]:
     return wandb_inspect(offline)
 
 
-def history_steps(inspected: dict[str, Any]) -> list[int]:
-    return [r["history"]["_step"] for r in inspected["records"] if r.get("type") == "history"
-            and "_step" in r.get("history", {})]
+def history(inspected: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's history rows, each with its `_step`."""
+    return [r["history"]["item"] for r in inspected["records"] if r.get("type") == "history"]
 
 
 def write_image_tree(root: Path, per_class: dict[str, int], classes: int = 3, size: int = 32,
