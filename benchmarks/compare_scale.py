@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cnnlab.compare import main as compare  # noqa: E402
+from cnnlab.compare import main as compare
 
 
 def main() -> None:

@@ -13,24 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cnnlab.data import Data
+from cnnlab.data.loader import TensorLoader
+from cnnlab.data.sources import ImageFolder, ImageTensors
+from cnnlab.data.torchvision_loader import FileImages, TensorImages, TorchvisionLoader
+from cnnlab.rundir import RunDir
+from cnnlab.runtime import Runtime
+from cnnlab.track.provenance import machine
+from cnnlab.train.schedules import constant
+from cnnlab.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cnnlab.data import Data  # noqa: E402
-from cnnlab.data.loader import TensorLoader  # noqa: E402
-from cnnlab.data.sources import ImageFolder, ImageTensors  # noqa: E402
-from cnnlab.data.torchvision_loader import TensorImages, pil_transforms, torchvision_loader  # noqa: E402
-
 BATCH = 100
 MODELS = {  # name -> overrides of the model config group
     "vgg16": ["model=vgg16"],
@@ -38,10 +42,9 @@ MODELS = {  # name -> overrides of the model config group
     "resnet18": ["model=resnet18"],
     "vgg_compact": ["model=vgg_compact"],
 }
-# the trainer with its defaults for the machine, and with them switched off one by one
+# the runtime with its defaults for the machine, and with them switched off one by one
 CNNLAB_VARIANTS = {"cnnlab fp32 NCHW": {"precision": "fp32", "channels_last": False},
                    "cnnlab fp32": {"precision": "fp32"}, "cnnlab": {}}
-AUGMENT = {"crop_padding": 4, "padding_mode": "zeros", "flip": True, "cutout": 0, "drop_last": False}
 
 
 def load(data_dir: str) -> tuple[ImageTensors, list[float], list[float]]:
@@ -59,6 +62,22 @@ def images_per_second(loader, limit: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
+class SeedStyle(Dataset):
+    """The seed's main.py data path: PIL images through RandomCrop, RandomHorizontalFlip, ToTensor, Normalize."""
+
+    def __init__(self, images: TensorImages, mean: list[float], std: list[float]) -> None:
+        self.images = images
+        self.transform = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                             transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.images[i]
+        return self.transform(image), label
+
+
 def loader_table(data_dir: str) -> list[tuple[str, float]]:
     tensors, mean, std = load(data_dir)
     rows = [(f"cnnlab TensorLoader (uint8 tensors, batched crop+flip), {layout} batches",
@@ -66,12 +85,16 @@ def loader_table(data_dir: str) -> list[tuple[str, float]]:
                                             channels_last=layout == "channels_last"), 50_000))
             for layout in ("NCHW", "channels_last")]
     for workers in (0, 2):
-        dl = torchvision_loader(tensors, "train", BATCH, True, mean, std, AUGMENT, num_workers=workers)
-        label = f"torchvision DataLoader, CIFAR-style PIL dataset, {workers} workers"
-        rows.append((label, images_per_second(dl, 5000)))
-    folder = ImageFolder(data_dir)
-    dl = torchvision_loader(folder, "train", BATCH, True, mean, std, AUGMENT, num_workers=2)
-    rows.append(("torchvision ImageFolder from PNG files, 2 workers", images_per_second(dl, 5000)))
+        loader = DataLoader(SeedStyle(TensorImages(tensors.train_x, tensors.train_y), mean, std), batch_size=BATCH,
+                            shuffle=True, num_workers=workers)
+        rows.append((f"torchvision DataLoader, CIFAR-style PIL dataset, {workers} workers",
+                     images_per_second(loader, 5000)))
+    tv = TorchvisionLoader(TensorImages(tensors.train_x, tensors.train_y), BATCH, mean, std, train=True,
+                           image_size=32, num_workers=2)
+    rows.append(("cnnlab TorchvisionLoader (seeded per-sample augmentation), 2 workers", images_per_second(tv, 5000)))
+    paths, labels, *_ = ImageFolder(data_dir).files("train")
+    files = TorchvisionLoader(FileImages(paths, labels), BATCH, mean, std, train=True, image_size=32, num_workers=2)
+    rows.append(("cnnlab TorchvisionLoader from PNG files, 2 workers", images_per_second(files, 5000)))
     return rows
 
 
@@ -87,7 +110,7 @@ class Records:
     def summary(self, values: dict) -> None:
         pass
 
-    def close(self, ok: bool = True) -> None:
+    def close(self, status: str = "finished") -> None:
         pass
 
 
@@ -119,23 +142,18 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
     model = build_model(name)
     flops = flops_per_image(model)
     if variant.startswith("cnnlab"):
-        from functools import partial
-
-        from cnnlab.train.schedules import constant
-        from cnnlab.train.trainer import Trainer
-
-        switches = CNNLAB_VARIANTS[variant]
-        trainer = Trainer(epochs=2, batch_size=BATCH, log_every=10**9, save_checkpoints=False, **switches)
+        runtime = Runtime(**CNNLAB_VARIANTS[variant])
+        trainer = Trainer(epochs=2, log_every=10**9, save_checkpoints=False)
         train = TensorLoader(subset.train_x, subset.train_y, BATCH, mean, std, train=True,
-                             channels_last=trainer.channels_last)
+                             channels_last=runtime.channels_last)
         test = TensorLoader(subset.test_x, subset.test_y, BATCH, mean, std, train=False)
-        data = Data(train, test, subset.classes, mean, std)
-        # epoch 1 warms up; epoch 2's rate is the one reported
-        records = Records()
-        trainer.fit(model, data, partial(torch.optim.Adam, lr=1e-3), constant, records, "/nonexistent")
+        data = Data(train, None, test, subset.classes, mean, std, (3, 32, 32), "a subset")
+        state = trainer.prepare(model, partial(torch.optim.Adam, lr=1e-3), constant, len(train), runtime)
+        records = Records()  # epoch 1 warms up; epoch 2's rate is the one reported
+        trainer.fit(state, data, runtime, records, RunDir(Path("/nonexistent")), extras={})
         ips = [r for r in records.records if r["kind"] == "epoch"][-1]["images_per_second"]
     else:
-        dataset = TensorImages(subset.train_x, subset.train_y, subset.classes, pil_transforms(True, mean, std))
+        dataset = SeedStyle(TensorImages(subset.train_x, subset.train_y), mean, std)
         loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         criterion = torch.nn.CrossEntropyLoss()
@@ -154,14 +172,6 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
         ips = steps * BATCH / (time.perf_counter() - start)
     return {"images_per_second": ips, "flops_per_image": flops,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return (f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
 
 
 def matmul_peak() -> float:
@@ -186,8 +196,9 @@ def start_up(data_dir: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.run", "dataset=imagefolder", f"dataset.root={data_dir}",
-                                 *MODELS["vgg_compact"], "logger=none", "trainer.log_every=1",
+        proc = subprocess.Popen([sys.executable, "-m", "cnnlab.run", "dataset=cifar10_folder",
+                                 f"dataset.root={data_dir}", *MODELS["vgg_compact"], "logger=none",
+                                 "trainer.log_every=1",
                                  f"hydra.run.dir={run_dir}"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
@@ -222,7 +233,7 @@ def main() -> None:
     print("## 1. Loader alone (train split, augmentation on)\n")
     print("| loader | images/s | vs PIL, 0 workers |\n|---|---:|---:|")
     rows = loader_table(args.data)
-    base = rows[2][1]
+    base = rows[2][1]  # the seed's loader
     for label, ips in rows:
         print(f"| {label} | {ips:,.0f} | {ips / base:.1f}x |")
 

@@ -28,7 +28,7 @@ from cnnlab.config import build, validate
 from cnnlab.data import Data
 from cnnlab.rundir import RunDir, remove_if_empty
 from cnnlab.runtime import Interrupted
-from cnnlab.track.git import git_state
+from cnnlab.track.provenance import git_state, machine
 from cnnlab.track.records import records
 from cnnlab.train import distributed
 from cnnlab.train.checkpoint import check_compatible
@@ -70,7 +70,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
                 log.info("resuming %s at epoch %d, step %d", ckpt["path"], state.progress.epoch, state.progress.step)
             loggers.summary({"num_parameters": params, "device": str(runtime.device), "precision": runtime.precision,
                              "world_size": runtime.world_size, "run_dir": str(run_dir.path), "data": data.description,
-                             **git_state(Path(__file__).parent)})
+                             "machine": machine(), **git_state(Path(__file__).parent)})
             extras = {"config": config, "classes": data.classes, "wandb_id": loggers.wandb_id}
             summary = trainer.fit(state, data, runtime, loggers, run_dir, extras)
             loggers.summary(summary)

@@ -75,7 +75,7 @@ def set_key(tree: dict, key: str, value: Any) -> None:
 @pytest.mark.parametrize("case", ["torch.load of a payload", "builtins.open", "a nested target in a model key",
                                   "an extra instantiate key", "a hostile data source", "a hostile data node",
                                   "an interpolation", "an env interpolation"])
-@pytest.mark.parametrize("use", ["evaluate", "resume"])
+@pytest.mark.parametrize("use", ["evaluate", pytest.param("resume", marks=pytest.mark.slow)])
 def test_a_checkpoint_naming_code_runs_nothing_and_gets_one_line(trained: Path, tmp_path: Path, case: str,
                                                                  use: str) -> None:
     marker = tmp_path / "pwned"
@@ -103,6 +103,7 @@ ENTRIES = ["format", "kind", "model", "progress", "config", "classes", "wandb_id
            "scaler", "running", "rng"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("wrong", ["a string", 7, None, ["a", "list"]])
 def test_a_wrong_type_in_any_entry_is_one_line(trained: Path, tmp_path: Path, entry: str, wrong: Any) -> None:

@@ -41,6 +41,7 @@ def test_every_option_of_every_group_passes_the_schema(group: str, option: str) 
     validate(copy.deepcopy(compose_option(group, option)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_passes_the_schema_and_builds_its_model(name: str) -> None:
     cfg = make_cfg(f"experiment={name}")
@@ -139,6 +140,7 @@ def assert_refused(overrides: list[str], key: str, value: Any) -> None:
     assert "\n" not in message and message.startswith((f"{key} is ", f"{key}[")) and "; allowed: " in message, message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,key,hint,overrides", LEAVES, ids=[leaf[0] for leaf in LEAVES])
 def test_every_leaf_key_refuses_a_wrong_type(name: str, key: str, hint: Any, overrides: list[str]) -> None:
     assert_refused(overrides, key, wrong_type(hint))
@@ -147,6 +149,7 @@ def test_every_leaf_key_refuses_a_wrong_type(name: str, key: str, hint: Any, ove
 RANGED = [leaf for leaf in LEAVES if out_of_range(leaf[2]) is not None]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,key,hint,overrides", RANGED, ids=[leaf[0] for leaf in RANGED])
 def test_every_bounded_leaf_key_refuses_a_value_out_of_range(name: str, key: str, hint: Any,
                                                              overrides: list[str]) -> None:

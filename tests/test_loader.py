@@ -154,7 +154,7 @@ def test_torchvision_loader_walks_the_tensor_loaders_order() -> None:
         assert [y.tolist() for _, y in tv] == [y.tolist() for _, y in tensor]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_torchvision_loader_resumes_mid_epoch_exactly_with_any_workers(workers: int) -> None:
     full = tv_loader()
     full.set_epoch(3)
@@ -167,6 +167,7 @@ def test_torchvision_loader_resumes_mid_epoch_exactly_with_any_workers(workers: 
         assert torch.equal(x, rx) and torch.equal(y, ry)  # the same images, the same random crops and flips
 
 
+@pytest.mark.slow
 def test_torchvision_loader_augments_and_evaluates_plainly() -> None:
     train, ev = tv_loader(), tv_loader(train=False)
     train.set_epoch(1)
@@ -176,6 +177,7 @@ def test_torchvision_loader_augments_and_evaluates_plainly() -> None:
     assert not torch.equal(x, ex)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_torchvision_loader_ranks_split_each_global_batch(world: int) -> None:
     single = [y for _, y in tv_loader()]

@@ -140,6 +140,7 @@ def test_seed_network_sizes() -> None:
 TORCHVISION_VGG = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_VGG)
 def test_vgg_features_equal_torchvisions(name: str) -> None:
     reference = getattr(torchvision.models, name)(weights=None).features
@@ -157,6 +158,7 @@ TORCHVISION_RESNETS: dict[str, tuple[str, list[int], Callable]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHVISION_RESNETS)
 def test_resnet_with_the_imagenet_stem_equals_torchvisions(name: str) -> None:
     block, layers, factory = TORCHVISION_RESNETS[name]
@@ -189,6 +191,7 @@ def test_stride_at_moves_the_bottlenecks_stride() -> None:
     assert [c[0].stride[0] for c in textbook.stages[1][0].branch] == [1, 2, 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 @pytest.mark.parametrize("dataset,classes", [("cifar10", 10), ("cifar100", 100)])
 def test_every_model_config_builds_and_maps_a_batch(name: str, dataset: str, classes: int) -> None:
@@ -209,6 +212,7 @@ def test_textbook_shortcut_variant_uses_identities() -> None:
     assert identities == 13 - 3 - 2  # all but the first block of each stage and the two downsampling blocks
 
 
+@pytest.mark.slow
 def test_standard_cifar_resnets_match_reference_sizes() -> None:
     assert n_params(cnnlab_model("resnet18")) == 11_173_962
     assert n_params(cnnlab_model("resnet34")) == 21_282_122
@@ -220,6 +224,7 @@ def test_zero_init_residual_zeroes_the_last_bn_of_each_branch() -> None:
     assert all(torch.all(b.last_bn().weight == 0) for s in model.stages for b in s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac"])
 def test_every_init_scheme_applies_to_both_families(scheme: str) -> None:
     for name in ("vgg11_bn", "resnet18"):

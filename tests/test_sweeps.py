@@ -155,18 +155,17 @@ def test_launchers_run_a_two_job_sweep(tmp_path: Path, launcher: str) -> None:
 
 def test_slurm_launcher_config_relies_on_requeue() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from conftest import CONF
-    from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                      return_hydra_config=True)
+    cfg = make_cfg("hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.max_num_timeout >= 20 and launcher.signal_delay_s > 0
     HydraConfig.instance().set_config(cfg)
-    assert cfg.trainer.resume == "allow"  # a requeued job continues its run dir
+    try:
+        assert cfg.trainer.resume == "allow"  # a requeued job continues its run dir
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def submitit_task(root: int) -> int | None:

@@ -74,7 +74,7 @@ def test_objective_can_be_the_final_test_accuracy_without_a_validation_split(tmp
     assert not (tmp_path / "best.pt").exists()  # nothing to select on
 
 
-@pytest.mark.parametrize("loader", ["tensor", "torchvision"])
+@pytest.mark.parametrize("loader", ["tensor", pytest.param("torchvision", marks=pytest.mark.slow)])
 def test_resume_continues_bit_exactly(tmp_path: Path, loader: str) -> None:
     common = [*QUICK, "runtime.deterministic=true", "dataset.source.train_size=256", f"data.loader={loader}"]
     train(make_cfg(*common, "trainer.epochs=3"), tmp_path / "straight")
@@ -86,12 +86,14 @@ def test_resume_continues_bit_exactly(tmp_path: Path, loader: str) -> None:
     assert untimed(epochs_of(tmp_path / "straight")) == untimed(epochs_of(tmp_path / "split"))
 
 
+@pytest.mark.slow
 def test_torchvision_loader_path_lands_in_the_same_accuracy_band(tmp_path: Path) -> None:
     tensor = train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3"), tmp_path / "tensor")
     tv = train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3", "data.loader=torchvision"), tmp_path / "tv")
     assert tensor > 0.4 and tv > 0.4 and abs(tensor - tv) < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [["optim=sgd", "optim.lr=0.05", "sched=cosine", "sched.warmup_epochs=1"],
                                     ["optim=adamw", "sched=onecycle"],
                                     ["optim=adam", "sched=step", "sched.milestones=[1]"]])
@@ -100,6 +102,7 @@ def test_optimizer_and_schedule_configs_train(tmp_path: Path, recipe: list[str])
                           *recipe), tmp_path) > 0.2
 
 
+@pytest.mark.slow
 def test_evaluation_every_few_epochs_and_always_at_the_end(tmp_path: Path) -> None:
     train(make_cfg(*QUICK, "trainer.epochs=3", "trainer.eval_every=2"), tmp_path)
     assert [r["epoch"] for r in epochs_of(tmp_path) if "test_acc" in r] == [2, 3]
@@ -135,8 +138,10 @@ def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
 @pytest.mark.parametrize("override,message", [
     ("model.cfg=[8,M,16,M]", r"was trained with model.cfg=\[16, 'M', 32, 'M', 64, 'M'\], this run has "
                              r"model.cfg=\[8, 'M', 16, 'M'\]"),
-    ("optim=sgd", "was trained with optimizer torch.optim.Adam, this run configures torch.optim.SGD"),
-    ("trainer.epochs=1", "nothing to train: .* has finished epoch 1; set trainer.epochs above that"),
+    pytest.param("optim=sgd", "was trained with optimizer torch.optim.Adam, this run configures torch.optim.SGD",
+                 marks=pytest.mark.slow),
+    pytest.param("trainer.epochs=1", "nothing to train: .* has finished epoch 1; set trainer.epochs above that",
+                 marks=pytest.mark.slow),
 ])
 def test_a_refused_resume_leaves_the_run_dir_byte_for_byte_unchanged(tmp_path: Path, override: str,
                                                                      message: str) -> None:
@@ -147,6 +152,7 @@ def test_a_refused_resume_leaves_the_run_dir_byte_for_byte_unchanged(tmp_path: P
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_resume_modes(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="nothing to resume: no last.pt"):
         train(make_cfg(*QUICK, "trainer.resume=auto"), tmp_path / "empty")

@@ -18,7 +18,6 @@ from torch import Tensor
 from cnnlab import CnnlabError
 from cnnlab.data.loader import TensorLoader
 from cnnlab.data.sources import ImageFolder
-from cnnlab.data.torchvision_loader import FileImages, TensorImages, TorchvisionLoader
 
 log = logging.getLogger("cnnlab")
 
@@ -119,6 +118,8 @@ def make_data(dataset: Dataset, augment: Augment, loader: Literal["tensor", "tor
             x, y = splits[split]
             return TensorLoader(x, y, batch_size if train else eval_batch_size, train=train, **common)
     else:
+        from cnnlab.data.torchvision_loader import TensorImages, TorchvisionLoader  # torchvision: 3 s to import
+
         def make(split: str, train: bool) -> TorchvisionLoader:
             x, y = splits[split]
             return TorchvisionLoader(TensorImages(x, y), batch_size if train else eval_batch_size, mean, std,
@@ -132,6 +133,8 @@ def make_data(dataset: Dataset, augment: Augment, loader: Literal["tensor", "tor
 def _streamed(dataset: Dataset, augment: Augment, batch_size: int, eval_batch_size: int, seed: int,
               num_workers: int, rank: int, world_size: int) -> Data:
     """An image folder read file by file, each epoch (data.loader=torchvision with mean and std given)."""
+    from cnnlab.data.torchvision_loader import FileImages, TorchvisionLoader
+
     source = dataset.source
     train_paths, train_labels, classes, _ = source.files("train")
     test_paths, test_labels, *_ = source.files("test")
