@@ -148,7 +148,7 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
                              channels_last=runtime.channels_last)
         test = TensorLoader(subset.test_x, subset.test_y, BATCH, mean, std, train=False)
         data = Data(train, None, test, subset.classes, mean, std, (3, 32, 32), "a subset")
-        state = trainer.prepare(model, partial(torch.optim.Adam, lr=1e-3), constant, len(train), runtime)
+        state = trainer.prepare(model, partial(torch.optim.Adam, lr=1e-3), constant, train, runtime)
         records = Records()  # epoch 1 warms up; epoch 2's rate is the one reported
         trainer.fit(state, data, runtime, records, RunDir(Path("/nonexistent")), extras={})
         ips = [r for r in records.records if r["kind"] == "epoch"][-1]["images_per_second"]

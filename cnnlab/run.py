@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab import CONF_DIR, CnnlabError
 from cnnlab.config import build, validate
 from cnnlab.data import Data
+from cnnlab.models.layers import Whitening
 from cnnlab.rundir import RunDir, remove_if_empty
 from cnnlab.runtime import Interrupted
 from cnnlab.track.provenance import git_state, machine
@@ -52,7 +53,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         data = build(cfg.data, "data")(device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
                                        channels_last=runtime.channels_last)
         model = build_model(cfg, data, runtime.rank)
-        state = trainer.prepare(model, build(cfg.optim, "optim"), build(cfg.sched, "sched"), len(data.train), runtime)
+        state = trainer.prepare(model, build(cfg.optim, "optim"), build(cfg.sched, "sched"), data.train, runtime)
         if ckpt is not None:
             trainer.restore(state, ckpt, runtime)
         if runtime.rank > 0:
@@ -97,8 +98,14 @@ def build_model(cfg: DictConfig, data: Data, rank: int) -> torch.nn.Module:
     except RuntimeError as e:
         shape = "x".join(map(str, data.image_shape))
         raise CnnlabError(f"model: a {shape} image does not fit through it ({str(e).splitlines()[0]})") from None
+    for layer in model.modules():
+        if isinstance(layer, Whitening):  # fit to the patches of the first training images (airbench: 5000)
+            layer.fit(data.train.first_images(WHITENING_IMAGES))
     torch.manual_seed(cfg.seed + rank)
     return model
+
+
+WHITENING_IMAGES = 5000
 
 
 class _NoLogger:

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.models import ResNet
-from cnnlab.models.resnet import Bottleneck
+from cnnlab.models.resnet import Bottleneck, Style
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 REFERENCE = ROOT.parent / "shared" / "reference" / "seed_models.py"
@@ -173,7 +173,7 @@ def test_resnet_with_the_imagenet_stem_equals_torchvisions(name: str) -> None:
 
 def test_textbook_bottleneck_equals_torchvisions() -> None:
     ours = Bottleneck(256, 128, stride=2, relu="after_add", shortcut="identity_when_possible", stride_at="3x3",
-                      conv_bias=False)
+                      style=Style())
     downsample = nn.Sequential(nn.Conv2d(256, 512, 1, stride=2, bias=False), nn.BatchNorm2d(512))
     theirs = torchvision.models.resnet.Bottleneck(256, 128, stride=2, downsample=downsample)
     ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values(), strict=True)))

@@ -23,7 +23,20 @@ Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_defau
 
 # ------------------------------------------------------------------------------------------------ model
 @dataclass
-class VGGNode:
+class LayerOptions:
+    """What both families share (cnnlab.models.layers)."""
+
+    activation: Literal["relu", "gelu"]
+    bn_momentum: Annotated[float, Range(gt=0, le=1)]
+    bn_eps: PosFloat
+    bn_scale: bool
+    whiten: bool
+    whiten_kernel: Annotated[int, Range(ge=1, le=8)]
+    output_scale: PosFloat
+
+
+@dataclass
+class VGGNode(LayerOptions):
     _target_: Literal["cnnlab.models.VGG"]
     cfg: list[PosInt | Literal["M"]]
     num_classes: PosInt
@@ -31,12 +44,15 @@ class VGGNode:
     classifier_hidden: list[PosInt]
     classifier_dropout: Fraction
     classifier_batch_norm: bool
+    classifier_bias: bool
     init: Init
     in_channels: PosInt
+    conv_bias: bool
+    pool_before_norm: bool
 
 
 @dataclass
-class ResNetNode:
+class ResNetNode(LayerOptions):
     _target_: Literal["cnnlab.models.ResNet"]
     block: Literal["basic", "bottleneck"]
     layers: list[PosInt]
@@ -161,7 +177,7 @@ class AugmentNode:
     _target_: Literal["cnnlab.data.Augment"]
     crop_padding: NonNegInt
     padding_mode: Literal["zeros", "reflect"]
-    flip: bool
+    flip: Literal[True, False, "alternate"]
     cutout: NonNegInt
     drop_last: bool
 
@@ -181,6 +197,26 @@ class DataNode:
 
 
 # ------------------------------------------------------------------------------- trainer, runtime, logger
+Tta = Literal["none", "flip", "flip_translate"]
+
+
+@dataclass
+class ParamGroupNode:
+    params: Literal["bias", "norm", "norm_bias", "norm_weight", "whiten"]
+    lr_scale: PosFloat
+    weight_decay_scale: NonNegFloat
+
+
+@dataclass
+class EmaNode:
+    every: NonNegInt
+    decay: Annotated[float, Range(gt=0, lt=1)]
+    ramp_power: NonNegFloat
+    start_epoch: PosInt
+    lookahead: bool
+    evaluate: bool
+
+
 @dataclass
 class TrainerNode:
     _target_: Literal["cnnlab.train.trainer.Trainer"]
@@ -189,10 +225,19 @@ class TrainerNode:
     grad_clip: PosFloat | None
     log_every: PosInt
     eval_every: PosInt
-    tta: Literal["none", "flip"]
+    tta: Tta
     save_checkpoints: bool
     checkpoint_every_steps: NonNegInt
     resume: Literal["auto", "allow"] | Annotated[str, Pattern(r".*\.pt", "a path to a .pt checkpoint")] | None
+    param_groups: list[ParamGroupNode]
+    ema: EmaNode
+    whiten_bias_epochs: NonNegInt | None
+    mixup: NonNegFloat
+    cutmix: NonNegFloat
+    accumulate: PosInt
+    limit_train_batches: PosInt | None
+    limit_eval_batches: PosInt | None
+    overfit_batches: PosInt | None
 
 
 @dataclass
@@ -247,7 +292,7 @@ class RunNode:
 class EvaluateNode:
     checkpoint: Annotated[str, Pattern(r".+", "a path to a checkpoint")]
     split: Literal["test", "val"]
-    tta: Literal["none", "flip"]
+    tta: Tta
     batch_size: PosInt
     dataset_root: str | None
     cache_dir: str

@@ -30,7 +30,7 @@ class Augment:
 
     crop_padding: int = 4
     padding_mode: Literal["zeros", "reflect"] = "zeros"
-    flip: bool = True
+    flip: bool | Literal["alternate"] = True
     cutout: int = 0
     drop_last: bool = False
 

@@ -86,13 +86,15 @@ class TensorLoader:
     """Yields (normalised float images, labels) batches on `device`.
 
     train=True shuffles and augments (crop with `crop_padding`, flip, cutout of `cutout` pixels, each
-    optional); train=False walks the data in order without augmentation. Under DDP each global batch of
-    `batch_size` is split across the `world_size` ranks, so the global order is the same for any world size.
+    optional); train=False walks the data in order without augmentation. flip="alternate" flips a random half
+    of the images in odd epochs and exactly the other half in even ones (airbench's alternating flip). Under
+    DDP each global batch of `batch_size` is split across the `world_size` ranks, so the global order is the
+    same for any world size.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Sequence[float],
                  std: Sequence[float], *, train: bool, device: str | torch.device = "cpu", seed: int = 0,
-                 crop_padding: int = 4, padding_mode: PaddingMode = "zeros", flip: bool = True,
+                 crop_padding: int = 4, padding_mode: PaddingMode = "zeros", flip: bool | str = True,
                  cutout: int = 0, drop_last: bool = False, channels_last: bool = False,
                  dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1) -> None:
         if padding_mode not in ("zeros", "reflect"):
@@ -105,7 +107,7 @@ class TensorLoader:
         self.seed = seed
         self.crop_padding = crop_padding if train else 0
         self.padding_mode = padding_mode
-        self.flip = flip and train
+        self.flip = flip if train else False
         self.cutout = cutout if train else 0
         self.drop_last = drop_last and train
         self.channels_last = channels_last
@@ -137,7 +139,14 @@ class TensorLoader:
                 "flip": torch.rand(n, generator=g) < (0.5 if self.flip else 0.0),
                 "cy": torch.randint(0, h, (n,), generator=g),
                 "cx": torch.randint(0, w, (n,), generator=g)}
+        if self.flip == "alternate":  # per image: a seeded coin in odd epochs, its opposite in even ones
+            coin = torch.rand(n, generator=epoch_generator(self.seed, 0)) < 0.5
+            plan["flip"] = (coin ^ (self.epoch % 2 == 0))[plan["order"]]
         return {k: v.to(self.device) for k, v in plan.items()}
+
+    def first_images(self, n: int) -> Tensor:
+        """The first `n` images, normalised and unaugmented, in float32 (to fit a whitening layer)."""
+        return self.images[:n].float().mul_(self.scale.float()).sub_(self.shift.float())
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         plan = self._plan()

@@ -89,10 +89,10 @@ class TorchvisionLoader:
 
     def __init__(self, images: Dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
                  train: bool, image_size: int, seed: int = 0, crop_padding: int = 4, padding_mode: str = "zeros",
-                 flip: bool = True, cutout: int = 0, drop_last: bool = False, num_workers: int = 0, rank: int = 0,
+                 flip: bool | str = True, cutout: int = 0, drop_last: bool = False, num_workers: int = 0, rank: int = 0,
                  world_size: int = 1) -> None:
-        if cutout:
-            raise CnnlabError("augment.cutout is only implemented by data.loader=tensor")
+        if cutout or flip == "alternate":
+            raise CnnlabError("augment.cutout and augment.flip=alternate are implemented by data.loader=tensor only")
         steps: list = [transforms.Resize((image_size, image_size))]
         if train and crop_padding:
             mode = "constant" if padding_mode == "zeros" else padding_mode
@@ -100,6 +100,8 @@ class TorchvisionLoader:
         if train and flip:
             steps.append(transforms.RandomHorizontalFlip())
         steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+        self.plain = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
+                                         transforms.Normalize(mean, std)])
         self.batches = EpochBatches(len(images), batch_size, train, train and drop_last, seed, rank, world_size)
         self.loader = DataLoader(SeededTransform(images, transforms.Compose(steps), seed), batch_sampler=self.batches,
                                  num_workers=num_workers, persistent_workers=num_workers > 0)
@@ -109,6 +111,11 @@ class TorchvisionLoader:
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.batches.epoch, self.batches.start_batch = epoch, start_batch
+
+    def first_images(self, n: int) -> torch.Tensor:
+        """The first `n` images, normalised and unaugmented (to fit a whitening layer)."""
+        images = self.loader.dataset.images
+        return torch.stack([self.plain(images[i][0]) for i in range(min(n, len(images)))])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return iter(self.loader)

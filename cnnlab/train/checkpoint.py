@@ -4,7 +4,8 @@ A checkpoint is data. It loads with `torch.load(weights_only=True)` (tensors and
 code), and every entry is checked for its type before use. Its recorded config is never instantiated: resume
 builds from the run's own config and compares, evaluate checks the record against cnnlab's schema first.
 
-    last.pt  format, kind "last", model, optimizer, scheduler, scaler, progress, running, rng, + the run's extras
+    last.pt  format, kind "last", model, optimizer, scheduler, scaler, progress, running, rng, average (the
+             weight average's state, or null), + the run's extras
     best.pt  format, kind "best", model, progress (of the best epoch), + the run's extras
     extras   config (the resolved config, as data), classes (the class names), wandb_id
 """
@@ -48,15 +49,16 @@ COMMON = {"format": (int, "an integer"), "kind": (str, "'last' or 'best'"), "mod
           "progress": (dict, "a dict"), "config": (dict, "a dict"), "classes": (list, "a list of class names"),
           "wandb_id": ((str, type(None)), "a string or null")}
 LAST = {**COMMON, "optimizer": (dict, "a dict"), "scheduler": (dict, "a dict"), "scaler": (dict, "a dict"),
-        "running": (list, "a list"), "rng": (list, "a list")}
+        "running": (list, "a list"), "rng": (list, "a list"), "average": ((dict, type(None)), "a state dict or null")}
 PROGRESS = {"epoch": int, "batch": int, "step": int, "best_val_acc": (float, type(None)),
             "best_epoch": (int, type(None)), "test_acc_at_best": (float, type(None))}
 
 
 def save_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
-              running: list, rng: list, extras: dict[str, Any]) -> None:
+              running: list, rng: list, average: dict | None, extras: dict[str, Any]) -> None:
     atomic_save({"format": FORMAT, "kind": "last", "model": model, "optimizer": optimizer, "scheduler": scheduler,
-                 "scaler": scaler, "progress": asdict(progress), "running": running, "rng": rng, **extras}, path)
+                 "scaler": scaler, "progress": asdict(progress), "running": running, "rng": rng, "average": average,
+                 **extras}, path)
 
 
 def save_best(path: Path, model: dict, progress: Progress, extras: dict[str, Any]) -> None:

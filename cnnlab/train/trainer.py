@@ -4,11 +4,15 @@ resume. It knows nothing of files but through cnnlab.train.checkpoint, and nothi
 The hot loop never waits on the device: loss and accuracy are summed on the device and read (`.item()`) only
 every `log_every` steps and at the end of an epoch. A non-finite step loss stays in that sum, so every step is
 checked; the weights and buffers are checked before any checkpoint is written, so none holds NaN or inf.
+Every method beyond plain SGD (parameter groups, a weight average, mixing, accumulation, batch limits) is a
+switch of conf/trainer/default.yaml, off there.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,11 +24,14 @@ from torch import Tensor, nn
 
 from cnnlab import CnnlabError
 from cnnlab.data import Data
+from cnnlab.models.layers import Whitening
 from cnnlab.rundir import RunDir
 from cnnlab.runtime import Interrupted, Runtime
 from cnnlab.track import Logger
 from cnnlab.train import checkpoint, distributed
 from cnnlab.train.checkpoint import Progress
+from cnnlab.train.ema import EmaSchedule, WeightAverage
+from cnnlab.train.mix import mix_batch
 
 log = logging.getLogger("cnnlab")
 
@@ -39,7 +46,9 @@ class State:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     progress: Progress
+    total_steps: int  # optimizer steps in the whole run
     running: list[float] | None = None  # this rank's sums of an epoch resumed mid-way
+    average: WeightAverage | None = None  # the weight average, once it has started
 
 
 def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
@@ -53,11 +62,21 @@ class Trainer:
 
     def __init__(self, epochs: int, label_smoothing: float = 0.0, grad_clip: float | None = None,
                  log_every: int = 50, eval_every: int = 1, tta: str = "none", save_checkpoints: bool = True,
-                 checkpoint_every_steps: int = 0, resume: str | None = None) -> None:
+                 checkpoint_every_steps: int = 0, resume: str | None = None,
+                 param_groups: Iterable[dict[str, Any]] = (), ema: dict[str, Any] | None = None,
+                 whiten_bias_epochs: int | None = None, mixup: float = 0.0, cutmix: float = 0.0, accumulate: int = 1,
+                 limit_train_batches: int | None = None, limit_eval_batches: int | None = None,
+                 overfit_batches: int | None = None) -> None:
         self.epochs, self.label_smoothing, self.grad_clip = epochs, label_smoothing, grad_clip
         self.log_every, self.eval_every, self.tta = log_every, eval_every, tta
         self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
         self.resume = resume
+        self.param_groups = [dict(g) for g in param_groups]
+        self.ema = EmaSchedule(**(ema or {}))
+        self.whiten_bias_epochs = whiten_bias_epochs
+        self.mixup, self.cutmix, self.accumulate = mixup, cutmix, accumulate
+        self.limit_train = overfit_batches or limit_train_batches
+        self.limit_eval, self.overfit = limit_eval_batches, overfit_batches is not None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     # ------------------------------------------------------------------------------------ prepare, restore
@@ -81,18 +100,38 @@ class Trainer:
                               "trainer.epochs above that")
         return ckpt
 
-    def prepare(self, model: nn.Module, optimizer: Callable, scheduler: Callable, steps_per_epoch: int,
+    def batches_per_epoch(self, loader: Any) -> int:
+        return min(len(loader), self.limit_train or len(loader))
+
+    def prepare(self, model: nn.Module, optimizer: Callable, scheduler: Callable, loader: Any,
                 runtime: Runtime) -> State:
         """Place the model and build its optimizer (`optimizer(params)`), schedule
         (`scheduler(optimizer, steps_per_epoch, epochs)`) and grad scaler."""
-        if steps_per_epoch == 0:
+        batches = self.batches_per_epoch(loader)
+        if batches == 0:
             raise CnnlabError("the training split gives 0 batches per epoch: lower data.batch_size, or set "
                               "augment.drop_last=false")
         model, forward = runtime.place(model)
-        opt = optimizer(model.parameters())
+        opt = optimizer(self.parameter_groups(model, optimizer) if self.param_groups else model.parameters())
+        steps_per_epoch = math.ceil(batches / self.accumulate)
         sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-        return State(model, forward, opt, sched, scaler, Progress())
+        return State(model, forward, opt, sched, scaler, Progress(), steps_per_epoch * self.epochs)
+
+    def parameter_groups(self, model: nn.Module, optimizer: Callable) -> list[dict[str, Any]]:
+        """The trainable parameters in groups: each `param_groups` rule takes the parameters it selects (the
+        first matching rule wins) with its lr and weight decay scaled; the rest keep the optimizer's own."""
+        base = getattr(optimizer, "keywords", {})
+        groups = [{"params": [], "lr": base.get("lr", 1.0) * rule["lr_scale"],
+                   "weight_decay": base.get("weight_decay", 0.0) * rule["weight_decay_scale"]}
+                  for rule in self.param_groups] + [{"params": []}]
+        kinds = parameter_kinds(model)
+        for name, param in model.named_parameters():
+            if param.requires_grad:  # frozen ones (a whitening filter, a frozen BN scale) stay out
+                matched = next((i for i, rule in enumerate(self.param_groups) if rule["params"] in kinds[name][1]),
+                               len(self.param_groups))
+                groups[matched]["params"].append(param)
+        return [g for g in groups if g["params"]]
 
     def restore(self, state: State, ckpt: dict[str, Any], runtime: Runtime) -> None:
         """Continue `state` from a checked last.pt, or say in one line why it does not fit. Writes nothing."""
@@ -120,9 +159,13 @@ class Trainer:
         try:
             checkpoint.set_rng_state(rngs[runtime.rank % len(rngs)])
             running = [float(v) for v in sums[runtime.rank % len(sums)]]
-        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError) as e:
-            raise CnnlabError(f"{where}: its RNG states or running sums are malformed ({type(e).__name__})") from None
+            average = WeightAverage({k: v.to(runtime.device) for k, v in ckpt["average"].items()}) \
+                if ckpt["average"] is not None else None
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError, AttributeError) as e:
+            raise CnnlabError(f"{where}: its RNG states, running sums or weight average are malformed "
+                              f"({type(e).__name__})") from None
         state.progress, state.running = checkpoint.progress_of(ckpt), running if len(running) == 3 else None
+        state.average = average
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, run_dir: RunDir,
@@ -133,6 +176,8 @@ class Trainer:
         try:
             while p.epoch <= self.epochs:
                 record = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
+                if state.average is not None and self.ema.lookahead:
+                    state.average.copy_to(state.model)  # each epoch ends on the average
                 if p.epoch % self.eval_every == 0 or p.epoch == self.epochs:
                     record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
                 record["seconds"] = time.perf_counter() - start
@@ -152,7 +197,12 @@ class Trainer:
                     extras: dict[str, Any]) -> dict[str, Any]:
         p = state.progress
         state.model.train()
-        loader.set_epoch(p.epoch, p.batch)
+        if self.whiten_bias_epochs is not None:
+            for m in state.model.modules():
+                if isinstance(m, Whitening):  # its bias learns for the first epochs only
+                    m.bias.requires_grad_(p.epoch <= self.whiten_bias_epochs)
+        loader.set_epoch(1 if self.overfit else p.epoch, p.batch)  # overfit: epoch 1's first batches, always
+        batches = self.batches_per_epoch(loader)
         # loss sum, correct, images: summed on the device, read only at log intervals
         running = state.running or [0.0, 0.0, 0.0]
         sums = torch.tensor(running, dtype=torch.float64, device=runtime.device)
@@ -160,17 +210,22 @@ class Trainer:
         epoch_start = mark = time.perf_counter()
         resumed_images = mark_images = running[2]
         for batch, (x, y) in enumerate(loader, start=p.batch):
+            if batch >= batches:
+                break
             sums += self.step(state, *runtime.batch(x, y), runtime)
+            if (batch + 1) % self.accumulate and batch + 1 < batches:
+                continue  # gradients accumulate until the window's last batch
+            self.update(state)
             p.step, p.batch = p.step + 1, batch + 1
             stop = runtime.stop.signum if runtime.world_size == 1 else None
             if p.step % self.log_every == 0:
                 loss_sum, correct, seen = totals(sums)
-                if not torch.isfinite(torch.tensor(loss_sum)):
+                if not math.isfinite(loss_sum):
                     self.diverged(state, run_dir, f"the train loss is {loss_sum / seen}")
                 now = time.perf_counter()
-                logger.log({"kind": "step", "epoch": p.epoch, "step": p.step, "batch": p.batch,
-                            "batches": len(loader), "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                            "lr": state.optimizer.param_groups[0]["lr"],
+                logger.log({"kind": "step", "epoch": p.epoch, "step": p.step, "batch": p.batch, "batches": batches,
+                            "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                            "lr": state.optimizer.param_groups[-1]["lr"],
                             "images_per_second": (seen - mark_images) / max(now - mark, 1e-9)})
                 mark, mark_images = now, seen
                 stop = distributed.any_rank(runtime.stop.signum)
@@ -182,45 +237,74 @@ class Trainer:
         loss_sum, correct, seen = totals(sums)
         seconds = time.perf_counter() - epoch_start
         return {"kind": "epoch", "epoch": p.epoch, "step": p.step, "train_loss": loss_sum / max(seen, 1),
-                "train_acc": correct / max(seen, 1), "lr": state.optimizer.param_groups[0]["lr"],
+                "train_acc": correct / max(seen, 1), "lr": state.optimizer.param_groups[-1]["lr"],
                 "epoch_seconds": seconds, "images_per_second": (seen - resumed_images) / max(seconds, 1e-9)}
 
     def step(self, state: State, x: Tensor, y: Tensor, runtime: Runtime) -> Tensor:
-        """One optimizer step; the batch's (loss sum, correct, images), on the device."""
+        """Forward and backward of one batch (mixed with mixup/cutmix where configured); its (loss sum, correct,
+        images), on the device."""
+        mixed = mix_batch(x, y, self.mixup, self.cutmix) if self.mixup or self.cutmix else None
         with runtime.autocast():
-            out = state.forward(x)
-            loss = self.criterion(out, y)
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
+            if mixed is None:
+                out = state.forward(x)
+                loss = self.criterion(out, y)
+            else:
+                x, y, y_other, lam = mixed
+                out = state.forward(x)
+                loss = lam * self.criterion(out, y) + (1 - lam) * self.criterion(out, y_other)
+        state.scaler.scale(loss / self.accumulate).backward()
+        return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
+
+    def update(self, state: State) -> None:
+        """One optimizer step on the accumulated gradients, the schedule's step, and the weight average's."""
         if self.grad_clip:
             state.scaler.unscale_(state.optimizer)
             nn.utils.clip_grad_norm_(state.model.parameters(), self.grad_clip)
         state.scaler.step(state.optimizer)
         state.scaler.update()
         state.scheduler.step()
-        return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
+        state.optimizer.zero_grad(set_to_none=True)
+        step = state.progress.step + 1
+        if self.ema.due(state.progress.epoch, step):
+            if state.average is None:
+                state.average = WeightAverage(state.model.state_dict())
+            else:
+                state.average.update(state.model, self.ema.decay_at(step, state.total_steps))
+                if self.ema.lookahead:
+                    state.average.copy_to(state.model)
 
     # ------------------------------------------------------------------------------------------ evaluate
     def evaluate_epoch(self, state: State, data: Data, runtime: Runtime, run_dir: RunDir,
                        extras: dict[str, Any]) -> dict[str, float]:
-        """Validation and test figures; a new best validation accuracy writes best.pt. Test selects nothing."""
+        """Validation and test figures of the evaluated weights (the average's, where configured); a new best
+        validation accuracy writes best.pt with them. Test selects nothing."""
         p, record = state.progress, {}
+        model = self.evaluated_model(state)
         if data.val is not None:
-            record.update(self.evaluate(state.model, data.val, runtime, "val"))
-        record.update(self.evaluate(state.model, data.test, runtime, "test"))
+            record.update(self.evaluate(model, data.val, runtime, "val"))
+        record.update(self.evaluate(model, data.test, runtime, "test"))
         if "val_acc" in record and (p.best_val_acc is None or record["val_acc"] > p.best_val_acc):
             p.best_val_acc, p.best_epoch, p.test_acc_at_best = record["val_acc"], p.epoch, record["test_acc"]
             self.check_finite(state, run_dir)
             if self.save_checkpoints and runtime.rank == 0:
-                checkpoint.save_best(run_dir.best, state.model.state_dict(), p, extras)
+                checkpoint.save_best(run_dir.best, model.state_dict(), p, extras)
         return record
+
+    def evaluated_model(self, state: State) -> nn.Module:
+        if state.average is None or not self.ema.evaluate or self.ema.lookahead:
+            return state.model  # (with lookahead, the model is the average at every epoch's end)
+        averaged = copy.deepcopy(state.model)
+        state.average.copy_to(averaged)
+        return averaged
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, loader: Iterable, runtime: Runtime, split: str = "test") -> dict[str, float]:
-        """`{split}_loss` and `{split}_acc` over the whole loader, summed across the ranks' shards."""
+        """`{split}_loss` and `{split}_acc` over the loader (its first `limit_eval_batches`), summed across ranks."""
         model.eval()
         sums = torch.zeros(3, dtype=torch.float64, device=runtime.device)
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
+            if self.limit_eval is not None and i >= self.limit_eval:
+                break
             x, y = runtime.batch(x, y)
             out = logits(model, x, runtime, self.tta)
             sums += batch_sums(nn.functional.cross_entropy(out.double(), y, reduction="sum"),
@@ -238,7 +322,7 @@ class Trainer:
         if distributed.rank() == 0:
             checkpoint.save_last(run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
                                  state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums,
-                                 rngs, extras)
+                                 rngs, state.average.state if state.average is not None else None, extras)
 
     def check_finite(self, state: State, run_dir: RunDir) -> None:
         bad = nonfinite(state.model.state_dict())
@@ -254,13 +338,34 @@ class Trainer:
                           "set trainer.grad_clip")
 
 
+def parameter_kinds(model: nn.Module) -> dict[str, tuple[nn.Module, set[str]]]:
+    """Each parameter's module and the `param_groups` selectors it answers to: bias, norm, norm_bias, whiten."""
+    kinds = {}
+    for module_name, module in model.named_modules():
+        for name, _ in module.named_parameters(recurse=False):
+            tags = {"bias"} if name == "bias" else set()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                tags |= {"norm", f"norm_{name}"}
+            if isinstance(module, Whitening):
+                tags.add("whiten")
+            kinds[f"{module_name}.{name}" if module_name else name] = (module, tags)
+    return kinds
+
+
 def logits(model: nn.Module, x: Tensor, runtime: Runtime, tta: str = "none") -> Tensor:
-    """float32 logits of an evaluation batch, averaged with the mirror image's when `tta` is "flip"."""
+    """float32 logits of an evaluation batch. tta "flip": averaged with the mirror image's; "flip_translate":
+    half that, and a quarter each of the same for the image shifted by one pixel up-left and down-right
+    (reflect padding), as airbench does."""
     with runtime.autocast():
-        out = model(x).float()
+        def mirrored(v: Tensor) -> Tensor:
+            return (model(v).float() + model(v.flip(3)).float()) / 2
+
+        if tta == "none":
+            return model(x).float()
         if tta == "flip":
-            out = (out + model(x.flip(3)).float()) / 2
-    return out
+            return mirrored(x)
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        return 0.5 * mirrored(x) + 0.25 * mirrored(padded[..., :-2, :-2]) + 0.25 * mirrored(padded[..., 2:, 2:])
 
 
 def totals(sums: Tensor) -> list[float]:

@@ -1,0 +1,45 @@
+"""An exponential moving average of a model's weights and BatchNorm statistics (its float state), for
+evaluation with averaged weights, or as Lookahead (the model continues from the average after each update)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class EmaSchedule:
+    """When and how strongly to average (conf/trainer/default.yaml, `ema`). airbench94: every 5 steps from
+    epoch 4, decay 0.95 per step ramped by (step / total)^3, lookahead."""
+
+    every: int = 0  # steps between updates; 0: off
+    decay: float = 0.95  # per step; an update every k steps uses decay^k
+    ramp_power: float = 0.0  # the decay ramps up as (step / total steps)^ramp_power (0: constant)
+    start_epoch: int = 1  # the first epoch that averages
+    lookahead: bool = False  # after each update (and each epoch), the model continues from the average
+    evaluate: bool = True  # evaluate (and keep in best.pt) the averaged weights
+
+    def due(self, epoch: int, step: int) -> bool:
+        return self.every > 0 and epoch >= self.start_epoch and step % self.every == 0
+
+    def decay_at(self, step: int, total: int) -> float:
+        return self.decay**self.every * (step / total) ** self.ramp_power
+
+
+class WeightAverage:
+    def __init__(self, state: dict[str, Tensor]) -> None:
+        self.state = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        current = model.state_dict()
+        for k, average in self.state.items():
+            average.lerp_(current[k].to(average.dtype), 1 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        current = model.state_dict()
+        for k, average in self.state.items():
+            current[k].copy_(average)

@@ -1,0 +1,196 @@
+"""The methods of fast training, each a switch: the whitening stem, BatchNorm options, parameter groups, the
+weight average and Lookahead, alternating flip, test-time augmentation levels, mixup/cutmix, gradient
+accumulation, the debug group, and the airbench94 network and recipe."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUICK, SYNTH, TINY, epochs_of, make_cfg, untimed
+from hydra.utils import instantiate
+from torch import nn
+
+from cnnlab.data.loader import TensorLoader
+from cnnlab.models.layers import Whitening
+from cnnlab.run import train
+from cnnlab.runtime import Runtime
+from cnnlab.train import checkpoint
+from cnnlab.train.ema import EmaSchedule, WeightAverage
+from cnnlab.train.mix import mix_batch
+from cnnlab.train.trainer import Trainer, logits
+
+NO_BN = ["model=vgg11", "model.cfg=[16,M,32,M,64,M]", "model.classifier_hidden=[]", "model.classifier_dropout=0.0",
+         "model.classifier_batch_norm=false", *SYNTH, "logger=none", "runtime.precision=fp32",
+         "runtime.deterministic=true"]
+
+
+def test_the_whitening_layer_whitens_patches_and_stays_frozen() -> None:
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.8, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    images = torch.einsum("ij,njhw->nihw", mixing, torch.randn(200, 3, 16, 16, generator=g))  # correlated channels
+    layer = Whitening(3, kernel=2, eps=0.0)
+    layer.fit(images)
+    with torch.no_grad():
+        out = nn.functional.conv2d(images, layer.weight)[:, :12]  # the positive half of the filters
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    assert torch.allclose(flat @ flat.T / flat.shape[1], torch.eye(12), atol=1e-3)
+    assert not layer.weight.requires_grad and layer.bias.requires_grad and layer.out_channels == 24
+
+
+def test_airbench94_is_airbench_s_network() -> None:
+    model = instantiate(make_cfg("model=airbench94").model)
+    assert sum(p.numel() for p in model.parameters()) == 1_972_792  # airbench94.py's make_net()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 6 and all(not bn.weight.requires_grad and bn.eps == 1e-12 and bn.momentum == 0.4 for bn in bns)
+    assert sum(isinstance(m, nn.GELU) for m in model.modules()) == 7
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert all(c.bias is None and torch.equal(c.weight[:, :, 1, 1].diagonal()[: c.in_channels],
+                                              torch.ones(min(c.in_channels, c.out_channels))) for c in convs)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_parameter_groups_scale_lr_and_decay_and_leave_frozen_weights_out() -> None:
+    model = instantiate(make_cfg("model=airbench94").model)
+    trainer = Trainer(epochs=1, param_groups=[{"params": "norm_bias", "lr_scale": 64.0, "weight_decay_scale": 0.5}])
+    groups = trainer.parameter_groups(model, partial(torch.optim.SGD, lr=0.1, weight_decay=0.01))
+    norm_biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert {id(p) for p in groups[0]["params"]} == norm_biases
+    assert groups[0]["lr"] == pytest.approx(6.4) and groups[0]["weight_decay"] == pytest.approx(0.005)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trainable  # no frozen BN scale, no whitening filter
+
+
+def test_the_weight_average_and_its_schedule() -> None:
+    model = nn.Linear(2, 1, bias=False)
+    nn.init.ones_(model.weight)
+    average = WeightAverage(model.state_dict())
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    average.update(model, decay=0.75)
+    assert torch.allclose(average.state["weight"], torch.full((1, 2), 1.5))  # 0.75 * 1 + 0.25 * 3
+    average.copy_to(model)
+    assert torch.equal(model.weight, average.state["weight"])
+    schedule = EmaSchedule(every=5, decay=0.95, ramp_power=3.0, start_epoch=4)
+    assert not schedule.due(3, 10) and schedule.due(4, 10) and not schedule.due(4, 11)
+    assert schedule.decay_at(50, 100) == pytest.approx(0.95**5 * 0.125)
+
+
+def test_alternating_flip_flips_each_image_in_exactly_one_of_two_epochs() -> None:
+    n = 500
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    images[:, :, :, 0] = 255  # a bright left column: where it ends up tells whether the image was flipped
+    loader = TensorLoader(images, torch.arange(n), n, [0, 0, 0], [1 / 255] * 3, train=True, crop_padding=0,
+                          flip="alternate", seed=3)
+
+    def flipped(epoch: int) -> torch.Tensor:
+        loader.set_epoch(epoch)
+        (x, y), = list(loader)
+        return (x[:, 0, 0, -1] > 0.5)[y.argsort()]  # by image id
+
+    first, second, third = flipped(1), flipped(2), flipped(3)
+    assert torch.all(first ^ second) and torch.equal(first, third)
+    assert 0.4 < first.float().mean() < 0.6
+
+
+def test_tta_levels() -> None:
+    torch.manual_seed(0)
+    model = instantiate(make_cfg(*TINY).model).eval()
+    runtime = Runtime(device="cpu", precision="fp32")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        plain, mirror = model(x), (model(x) + model(x.flip(3))) / 2
+        assert torch.equal(logits(model, x, runtime, "none"), plain)
+        assert torch.allclose(logits(model, x, runtime, "flip"), mirror)
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = [(model(v) + model(v.flip(3))) / 2 for v in (padded[..., :32, :32], padded[..., 2:, 2:])]
+        expected = 0.5 * mirror + 0.25 * shifted[0] + 0.25 * shifted[1]
+        assert torch.allclose(logits(model, x, runtime, "flip_translate"), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.4, 0.0), (0.0, 1.0)])
+def test_mixup_and_cutmix_mix_a_batch_with_a_permutation_of_itself(mixup: float, cutmix: float) -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 3, 8, 8), torch.arange(16)
+    mixed, y_a, y_b, lam = mix_batch(x, y, mixup, cutmix)
+    assert torch.equal(y_a, y) and sorted(y_b.tolist()) == list(range(16)) and 0 <= lam <= 1
+    partner = x[y_b]
+    if cutmix:  # every pixel comes from the image or its partner, in the share lam
+        from_self = (mixed == x).all(1)
+        assert torch.all(from_self | (mixed == partner).all(1))
+        moved = y_b != y  # (an image paired with itself is all its own)
+        assert from_self[moved].float().mean().item() == pytest.approx(lam, abs=1e-6)
+    else:
+        assert torch.allclose(mixed, lam * x + (1 - lam) * partner)
+
+
+def test_accumulating_two_half_batches_is_one_whole_batch(tmp_path: Path) -> None:
+    common = [*NO_BN, "trainer.epochs=1", "optim=sgd", "optim.lr=0.05", "augment.crop_padding=0",
+              "augment.flip=false", "augment.drop_last=true"]
+    train(make_cfg(*common, "data.batch_size=64"), tmp_path / "whole")
+    train(make_cfg(*common, "data.batch_size=32", "trainer.accumulate=2"), tmp_path / "halves")
+    a = checkpoint.load(tmp_path / "whole" / "last.pt")
+    b = checkpoint.load(tmp_path / "halves" / "last.pt")
+    assert a["progress"]["step"] == b["progress"]["step"] == 7  # 461 images: 7 whole batches of 64
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_the_airbench_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
+    # a constant lr and decay: the shorter first half then trains exactly like the start of the whole run
+    common = ["experiment=airbench94", *SYNTH, "logger=none", "data.batch_size=128", "trainer.epochs=4",
+              "trainer.eval_every=1", "trainer.tta=none", "runtime.deterministic=true", "trainer.ema.start_epoch=2",
+              "trainer.ema.ramp_power=0", "trainer.whiten_bias_epochs=1", "trainer.log_every=2", "sched.start_ratio=1",
+              "sched.end_ratio=1"]
+    objective = train(make_cfg(*common), tmp_path / "straight")
+    assert objective > 0.3  # it learns (chance: 0.1)
+    train(make_cfg(*common, "trainer.epochs=2"), tmp_path / "split")  # stops with a weight average running
+    assert checkpoint.load(tmp_path / "split" / "last.pt")["average"] is not None
+    train(make_cfg(*common, "trainer.resume=auto"), tmp_path / "split")
+    a = checkpoint.load(tmp_path / "straight" / "last.pt")
+    b = checkpoint.load(tmp_path / "split" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["average"][k], b["average"][k]) for k in a["average"])
+    assert untimed(epochs_of(tmp_path / "straight")) == untimed(epochs_of(tmp_path / "split"))
+    assert a["model"]["stem.0.bias"].abs().sum() > 0  # the whitening bias learnt during its epoch
+
+
+@pytest.mark.slow
+def test_the_whitening_bias_freezes_after_its_epochs(tmp_path: Path) -> None:
+    common = ["experiment=airbench94", *SYNTH, "logger=none", "data.batch_size=128", "trainer.ema.every=0",
+              "trainer.tta=none", "sched.start_ratio=1", "sched.end_ratio=1"]  # a constant lr: the same epoch 1
+    train(make_cfg(*common, "trainer.epochs=2", "trainer.whiten_bias_epochs=1"), tmp_path / "a")
+    train(make_cfg(*common, "trainer.epochs=1", "trainer.whiten_bias_epochs=1"), tmp_path / "b")
+    after_two = checkpoint.load(tmp_path / "a" / "last.pt")["model"]["stem.0.bias"]
+    after_one = checkpoint.load(tmp_path / "b" / "last.pt")["model"]["stem.0.bias"]
+    assert torch.equal(after_one, after_two) and after_one.abs().sum() > 0
+
+
+def test_a_weight_average_is_evaluated_without_lookahead(tmp_path: Path) -> None:
+    train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.ema.every=1", "trainer.ema.decay=0.9"), tmp_path)
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    best = checkpoint.load(tmp_path / "best.pt")
+    assert ckpt["average"] is not None
+    float_keys = [k for k, v in ckpt["model"].items() if v.is_floating_point()]
+    assert not all(torch.equal(ckpt["model"][k], ckpt["average"][k]) for k in float_keys)
+    assert all(torch.equal(best["model"][k], ckpt["average"][k]) for k in float_keys)  # best.pt: the average
+
+
+def test_mixup_trains(tmp_path: Path) -> None:
+    assert train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3", "trainer.mixup=0.2", "trainer.cutmix=1.0"),
+                 tmp_path) > 0.3
+
+
+@pytest.mark.parametrize("debug,steps", [("fast_dev_run", 2), ("limit_batches", 20), ("overfit", 120)])
+def test_the_debug_group(tmp_path: Path, debug: str, steps: int) -> None:
+    extra = ["trainer.epochs=1"] if debug == "limit_batches" else []
+    train(make_cfg(*TINY, *SYNTH, f"debug={debug}", "data.batch_size=16", "logger=none", *extra), tmp_path)
+    epochs = epochs_of(tmp_path)
+    assert epochs[-1]["step"] == steps
+    if debug == "overfit":  # four batches, seen 30 times, unaugmented: learnt by heart
+        assert epochs[-1]["train_acc"] == 1.0
+    if debug == "fast_dev_run":
+        assert not (tmp_path / "last.pt").exists()
