@@ -20,7 +20,7 @@ from cnnlab.config import ConfigError, validate, validate_evaluate
 from cnnlab.config import schema as S
 from cnnlab.config.check import LINKED, Length, Pattern, Range, target_of
 
-GROUPS = ["model", "optim", "sched", "dataset", "augment", "trainer", "runtime", "logger"]
+GROUPS = ["model", "optim", "sched", "dataset", "augment", "trainer", "runtime", "logger", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 NEEDS = {"imagefolder": ["dataset.root=/nonexistent"], "cifar10_folder": []}  # compose-only options

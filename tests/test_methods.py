@@ -194,3 +194,11 @@ def test_the_debug_group(tmp_path: Path, debug: str, steps: int) -> None:
         assert epochs[-1]["train_acc"] == 1.0
     if debug == "fast_dev_run":
         assert not (tmp_path / "last.pt").exists()
+
+
+def test_gpu_fast_is_the_airbench_recipe_and_runs_here_for_a_few_batches(tmp_path: Path) -> None:
+    cfg = make_cfg("experiment=gpu_fast")
+    assert cfg.runtime.device == "cuda" and cfg.runtime.compile and cfg.model == make_cfg("model=airbench94").model
+    train(make_cfg("experiment=gpu_fast", "runtime.device=cpu", "runtime.compile=false", "debug=fast_dev_run",
+                   *SYNTH, "data.batch_size=64"), tmp_path)
+    assert epochs_of(tmp_path)[-1]["step"] == 2
