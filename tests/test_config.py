@@ -159,7 +159,7 @@ def test_every_bounded_leaf_key_refuses_a_value_out_of_range(name: str, key: str
 def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
     nodes = {name.split(".")[0] for name, *_ in LEAVES}
     defined = {n for n, v in vars(S).items() if n.endswith("Node") and dataclasses.fields(v)}
-    assert defined - {"EvaluateNode", "RunNode"} <= nodes
+    assert defined - {"EvaluateNode", "RunNode", "ParamGroupNode"} <= nodes  # (a list's items: tested below)
     assert len(LEAVES) > 90 and len(RANGED) > 60
 
 
@@ -171,6 +171,14 @@ def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
     ("augment.crop_padding=-2", "augment.crop_padding is -2; allowed: an integer >= 0"),
     ("model=resnet18 model.layers=[0,0,0,0]", "model.layers[0] is 0; allowed: an integer >= 1"),
     ("+trainer.foo=1", "trainer.foo is not a key of trainer (cnnlab.train.trainer.Trainer); allowed keys: "),
+    ("trainer.param_groups=[{params:bogus,lr_scale:1,weight_decay_scale:1}]",
+     "trainer.param_groups[0].params is 'bogus'; allowed: bias | norm | norm_bias | norm_weight | whiten"),
+    ("trainer.param_groups=[{params:bias,lr_scale:0,weight_decay_scale:1}]",
+     "trainer.param_groups[0].lr_scale is 0; allowed: a number > 0"),
+    ("trainer.param_groups=[{params:bias,lr_scale:1,weight_decay_scale:-1}]",
+     "trainer.param_groups[0].weight_decay_scale is -1; allowed: a number >= 0"),
+    ("trainer.param_groups=[{params:bias,lr_scale:1}]",
+     "trainer.param_groups[0].weight_decay_scale is missing; allowed: a number >= 0"),
 ])
 def test_the_reported_bad_values_are_refused_in_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
