@@ -23,7 +23,7 @@ from omegaconf import DictConfig, open_dict
 from cnnlab import CONF_DIR, CnnlabError
 from cnnlab.config import build, validate_evaluate
 from cnnlab.rundir import remove_if_empty
-from cnnlab.runtime import Runtime
+from cnnlab.runtime import Interrupted, Runtime
 from cnnlab.train import checkpoint
 from cnnlab.train.trainer import logits
 
@@ -119,6 +119,10 @@ def main(cfg: DictConfig) -> float:
             raise
         remove_if_empty(out_dir)
         sys.exit(f"error: {e}")
+    except Interrupted as e:
+        remove_if_empty(out_dir)
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
     width = max(len(c) for c in result["classes"])
     lines = [f"{c:<{width}}  {a:7.2%}" for c, a in result["per_class_acc"].items()]
     log.info("%s accuracy %.2f%%, loss %.4f on %d images%s\n%s\n-> %s", cfg.split, 100 * result["acc"],

@@ -29,6 +29,7 @@ from cnnlab.data import Data
 from cnnlab.models.layers import Whitening
 from cnnlab.rundir import RunDir, remove_if_empty
 from cnnlab.runtime import Interrupted
+from cnnlab.track import Loggers
 from cnnlab.track.provenance import git_state, machine
 from cnnlab.track.records import records
 from cnnlab.train import distributed
@@ -57,7 +58,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         if ckpt is not None:
             trainer.restore(state, ckpt, runtime)
         if runtime.rank > 0:
-            trainer.fit(state, data, runtime, NO_LOGGER, run_dir, extras={})
+            trainer.fit(state, data, runtime, Loggers(), run_dir, extras={})  # rank 0 logs and writes
             return None
         # every check has passed: from here on the run dir is written
         resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
@@ -106,20 +107,6 @@ def build_model(cfg: DictConfig, data: Data, rank: int) -> torch.nn.Module:
 
 
 WHITENING_IMAGES = 5000
-
-
-class _NoLogger:
-    def log(self, record: dict[str, Any]) -> None:
-        pass
-
-    def summary(self, values: dict[str, Any]) -> None:
-        pass
-
-    def close(self, status: str = "finished") -> None:
-        pass
-
-
-NO_LOGGER = _NoLogger()
 
 
 class JobFailed(CompactHydraException):

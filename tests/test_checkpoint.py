@@ -129,7 +129,7 @@ def test_a_wrong_type_in_progress_is_one_line(trained: Path, tmp_path: Path, fie
 
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c["model"].__setitem__("features.0.weight", "not a tensor"), "'model' must map parameter names"),
-    (lambda c: c["rng"][0].__setitem__("torch", "x"), "RNG states or running sums are malformed"),
+    (lambda c: c["rng"][0].__setitem__("torch", "x"), "RNG states, running sums or weight average are malformed"),
     (lambda c: c["optimizer"].__setitem__("param_groups", [{"x": 1}]), "'optimizer' state does not fit"),
     (lambda c: c["model"]["features.0.weight"].fill_(float("nan")), "holds NaN or inf in 1 tensors"),
     (lambda c: c["progress"].__setitem__("epoch", 99), "nothing to train"),

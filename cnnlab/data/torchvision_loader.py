@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from cnnlab import CnnlabError
@@ -57,8 +57,12 @@ class SeededTransform(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = key
         image, label = self.images[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + index)
+        seed = (self.seed * 1_000_003 + epoch) * 1_000_033 + index
+        if get_worker_info() is not None:  # a worker's RNG is its own: seed it, nothing to restore
+            torch.random.default_generator.manual_seed(seed)
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # the training process's RNG (dropout, ...) stays as it was
+            torch.random.default_generator.manual_seed(seed)
             return self.transform(image), label
 
 
