@@ -123,9 +123,7 @@ class ResNet(nn.Module):
         block_cls = BLOCKS[block]
         self.whiten: nn.Module = nn.Identity()
         if whiten:
-            whitening = L.Whitening(in_channels, whiten_kernel)
-            self.whiten = nn.Sequential(whitening, L.activation(activation))
-            in_channels = whitening.out_channels
+            self.whiten, in_channels = L.whitening_stem(in_channels, whiten_kernel, activation)
         if stem == "cifar":
             self.stem = style.conv_bn(in_channels, stem_width, 3)
         else:

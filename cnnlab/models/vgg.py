@@ -77,9 +77,7 @@ class VGG(nn.Module):
             raise ValueError("model.cfg needs at least one conv width")
         self.stem: nn.Module = nn.Identity()
         if whiten:
-            whitening = L.Whitening(in_channels, whiten_kernel)
-            self.stem = nn.Sequential(whitening, L.activation(activation))
-            in_channels = whitening.out_channels
+            self.stem, in_channels = L.whitening_stem(in_channels, whiten_kernel, activation)
         norm = dict(momentum=bn_momentum, eps=bn_eps, scale=bn_scale)
         self.features = make_layers(list(cfg), batch_norm, in_channels, activation, conv_bias, norm, pool_before_norm)
         self.pool = nn.AdaptiveMaxPool2d(1)
@@ -92,4 +90,3 @@ class VGG(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.pool(self.features(self.stem(x))).flatten(1))
-

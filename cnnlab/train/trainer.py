@@ -128,7 +128,7 @@ class Trainer:
         kinds = parameter_kinds(model)
         for name, param in model.named_parameters():
             if param.requires_grad:  # frozen ones (a whitening filter, a frozen BN scale) stay out
-                matched = next((i for i, rule in enumerate(self.param_groups) if rule["params"] in kinds[name][1]),
+                matched = next((i for i, rule in enumerate(self.param_groups) if rule["params"] in kinds[name]),
                                len(self.param_groups))
                 groups[matched]["params"].append(param)
         return [g for g in groups if g["params"]]
@@ -341,8 +341,8 @@ class Trainer:
                           "set trainer.grad_clip")
 
 
-def parameter_kinds(model: nn.Module) -> dict[str, tuple[nn.Module, set[str]]]:
-    """Each parameter's module and the `param_groups` selectors it answers to: bias, norm, norm_bias, whiten."""
+def parameter_kinds(model: nn.Module) -> dict[str, set[str]]:
+    """The `param_groups` selectors each parameter answers to: bias, norm, norm_bias, whiten."""
     kinds = {}
     for module_name, module in model.named_modules():
         for name, _ in module.named_parameters(recurse=False):
@@ -351,7 +351,7 @@ def parameter_kinds(model: nn.Module) -> dict[str, tuple[nn.Module, set[str]]]:
                 tags |= {"norm", f"norm_{name}"}
             if isinstance(module, Whitening):
                 tags.add("whiten")
-            kinds[f"{module_name}.{name}" if module_name else name] = (module, tags)
+            kinds[f"{module_name}.{name}" if module_name else name] = tags
     return kinds
 
 
