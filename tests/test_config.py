@@ -50,6 +50,17 @@ def test_every_experiment_passes_the_schema_and_builds_its_model(name: str) -> N
     assert instantiate(cfg.optim).func is not None and instantiate(cfg.sched).func is not None
 
 
+def test_a_key_with_a_schema_default_may_be_absent_from_a_recorded_config_and_no_other_may() -> None:
+    cfg = make_cfg()
+    with open_dict(cfg):
+        del cfg.runtime.hold_freed_memory  # added after checkpoints of this format were written
+    validate(cfg)
+    with open_dict(cfg):
+        del cfg.runtime.compile
+    with pytest.raises(ConfigError, match=r"^runtime\.compile is missing; allowed: true or false$"):
+        validate(cfg)
+
+
 def test_the_evaluate_config_passes_its_schema_once_a_checkpoint_is_given() -> None:
     validate_evaluate(make_cfg("checkpoint=x.pt", config_name="evaluate"))
     with pytest.raises(ConfigError, match=r"^checkpoint is not set; give it, for example checkpoint="):

@@ -99,17 +99,22 @@ def show_choice(value: Any) -> str:
 
 
 def check_node(node: Any, schema: type, key: str) -> None:
-    """Check a DictConfig (or dict) against a dataclass schema: no unknown key, none missing, every value allowed."""
+    """Check a DictConfig (or dict) against a dataclass schema: no unknown key, none missing, every value allowed.
+    A field with a default (a key added after configs were recorded with checkpoints) may be absent."""
     if not isinstance(node, DictConfig | dict):
         fail(key, node, schema)
     hints = typing.get_type_hints(schema, include_extras=True)
-    fields = [f.name for f in dataclasses.fields(schema)]
+    fields = dataclasses.fields(schema)
     unknown = [k for k in node if k not in hints]
     if unknown:
         where = f"{key} ({target_of(schema)})" if target_of(schema) else key
-        raise ConfigError(f"{join(key, unknown[0])} is not a key of {where}; allowed keys: {', '.join(fields)}")
-    for name in fields:
+        allowed = ", ".join(f.name for f in fields)
+        raise ConfigError(f"{join(key, unknown[0])} is not a key of {where}; allowed keys: {allowed}")
+    for field in fields:
+        name = field.name
         if name not in node.keys():  # noqa: SIM118 - a DictConfig counts a ??? value as not `in` it
+            if field.default is not dataclasses.MISSING:
+                continue
             raise ConfigError(f"{join(key, name)} is missing; allowed: {describe(hints[name])}")
         check_value(node, name, hints[name], join(key, name))
 

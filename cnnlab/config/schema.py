@@ -251,6 +251,7 @@ class RuntimeNode:
     strategy: Literal["single", "ddp"]
     sync_batchnorm: bool
     ddp_timeout_s: PosFloat
+    hold_freed_memory: Literal["auto", True, False] = "auto"  # added after format 2's first checkpoints
 
 
 @dataclass
