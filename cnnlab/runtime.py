@@ -116,9 +116,9 @@ def keep_freed_memory_in_heap() -> bool:
 
     By default glibc serves every allocation above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh
     mapping and unmaps it on free, so a CPU training step that allocates and frees its activations maps them again
-    and page-faults every page of them in again. Measured on CPU-B, that was 0.7 M minor faults a step for
-    airbench94 at batch 1024, and lifting the threshold trained 1.2-1.5x faster (docs/benchmarks.md). The cost: the
-    process keeps its peak memory until it exits.
+    and page-faults every page of them in again. On CPU-B that was 0.7 M minor faults a step for airbench94 at
+    batch 1024; with the thresholds lifted it trained 1.35x faster (docs/benchmarks.md). The cost: the process
+    keeps its peak memory until it exits.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
