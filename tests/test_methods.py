@@ -202,3 +202,14 @@ def test_gpu_fast_is_the_airbench_recipe_and_runs_here_for_a_few_batches(tmp_pat
     train(make_cfg("experiment=gpu_fast", "runtime.device=cpu", "runtime.compile=false", "debug=fast_dev_run",
                    *SYNTH, "data.batch_size=64"), tmp_path)
     assert epochs_of(tmp_path)[-1]["step"] == 2
+
+
+@pytest.mark.parametrize("name,epochs,tta", [("cpu_fast", 9, "flip_translate"), ("cpu_fast_quick", 3, "flip")])
+def test_the_cpu_recipes_are_the_airbench_recipe_cut_short_and_run(tmp_path: Path, name: str, epochs: int,
+                                                                    tta: str) -> None:
+    cfg, airbench = make_cfg(f"experiment={name}"), make_cfg("experiment=airbench94")
+    assert cfg.model == airbench.model and cfg.optim == airbench.optim and cfg.augment == airbench.augment
+    assert (cfg.trainer.epochs, cfg.trainer.tta) == (epochs, tta)
+    train(make_cfg(f"experiment={name}", *SYNTH, "logger=none", "data.batch_size=128"), tmp_path)
+    epochs_run = epochs_of(tmp_path)
+    assert len(epochs_run) == epochs and "test_acc" in epochs_run[-1]
