@@ -204,6 +204,7 @@ def test_gpu_fast_is_the_airbench_recipe_and_runs_here_for_a_few_batches(tmp_pat
     assert epochs_of(tmp_path)[-1]["step"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,epochs,tta", [("cpu_fast", 9, "flip_translate"), ("cpu_fast_quick", 3, "flip")])
 def test_the_cpu_recipes_are_the_airbench_recipe_cut_short_and_run(tmp_path: Path, name: str, epochs: int,
                                                                     tta: str) -> None:
