@@ -44,11 +44,11 @@ class Whitening(nn.Conv2d):
         self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
 
 
-
 def whitening_stem(in_channels: int, kernel: int, act: Activation) -> tuple[nn.Sequential, int]:
     """A Whitening layer and its activation, and the number of channels it puts out."""
     whitening = Whitening(in_channels, kernel)
     return nn.Sequential(whitening, activation(act)), whitening.out_channels
+
 
 class Scale(nn.Module):
     """Multiplies the logits by a constant (airbench's 1/9: a cooler softmax at initialisation)."""
