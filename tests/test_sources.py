@@ -107,6 +107,7 @@ def test_without_network_the_png_copy_is_used_and_said_so(tmp_path: Path) -> Non
     data = Cifar(str(tmp_path / "data"), url=closed_port_url(), png_fallback=str(tree)).load(str(tmp_path / "cache"))
     assert data.train_x.shape[0] == 12 and "the PNG copy in" in data.description
     assert "went through JPEG" in data.description and "the download from http://127.0.0.1" in data.description
+    assert not (tmp_path / "data").exists()  # the failed download left no empty dir behind
 
 
 def test_without_network_or_a_png_copy_the_error_says_how_to_provide_the_data(tmp_path: Path) -> None:
@@ -115,6 +116,7 @@ def test_without_network_or_a_png_copy_the_error_says_how_to_provide_the_data(tm
     msg = str(err.value)
     assert "\n" not in msg and "cifar-10-python.tar.gz" in msg and "CNNLAB_CIFAR10_PNG" in msg
     assert "dataset=imagefolder" in msg and "the download from http://127.0.0.1" in msg
+    assert not (tmp_path / "nothing").exists()
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ about augmentation or devices. Image folders are decoded once, in parallel, into
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import logging
 import os
@@ -149,9 +150,13 @@ class Cifar:
         """Download the archive; None when that worked, else why not."""
         if not self.download:
             return "dataset.source.download is false"
+        created = [d for d in (archive.parent, *archive.parent.parents) if not d.exists()]  # deepest first
         try:
             _download(self.url, archive, self.md5)
         except CnnlabError as e:
+            for d in created:  # a failed download leaves no empty data dirs behind
+                with contextlib.suppress(OSError):
+                    d.rmdir()
             return str(e)
         return None
 
