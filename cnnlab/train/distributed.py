@@ -62,13 +62,22 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _reduced(value: int, op: dist.ReduceOp) -> int:
+    t = torch.tensor([value], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=op)
+    return int(t.item())
+
+
 def any_rank(value: int | None) -> int:
     """The largest of the ranks' values (None counts as 0): a flag any rank raised. Every rank must call it."""
-    if not dist.is_initialized():
-        return int(value or 0)
-    t = torch.tensor([int(value or 0)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return _reduced(int(value or 0), dist.ReduceOp.MAX) if dist.is_initialized() else int(value or 0)
+
+
+def share_weight(n: int) -> float:
+    """This rank's loss weight for a batch of which it holds `n` samples: `n * world_size / all ranks' samples`.
+    DDP averages the ranks' gradients, so a batch split unevenly (the last, partial one) then still gets the
+    global batch's mean gradient. Every rank must call it."""
+    return n * world_size() / _reduced(n, dist.ReduceOp.SUM) if dist.is_initialized() else 1.0
 
 
 def broadcast(obj: Any) -> Any:

@@ -212,7 +212,10 @@ class Trainer:
         for batch, (x, y) in enumerate(loader, start=p.batch):
             if batch >= batches:
                 break
-            sums += self.step(state, *runtime.batch(x, y), runtime, new_window=batch % self.accumulate == 0)
+            # only the loader's last batch can be split unevenly across DDP ranks
+            weight = distributed.share_weight(len(y)) if batch == len(loader) - 1 else 1.0
+            sums += self.step(state, *runtime.batch(x, y), runtime, new_window=batch % self.accumulate == 0,
+                              weight=weight)
             if (batch + 1) % self.accumulate and batch + 1 < batches:
                 continue  # gradients accumulate until the window's last batch
             self.update(state)
@@ -240,9 +243,11 @@ class Trainer:
                 "train_acc": correct / max(seen, 1), "lr": state.optimizer.param_groups[-1]["lr"],
                 "epoch_seconds": seconds, "images_per_second": (seen - resumed_images) / max(seconds, 1e-9)}
 
-    def step(self, state: State, x: Tensor, y: Tensor, runtime: Runtime, new_window: bool = True) -> Tensor:
+    def step(self, state: State, x: Tensor, y: Tensor, runtime: Runtime, new_window: bool = True,
+             weight: float = 1.0) -> Tensor:
         """Forward and backward of one batch (mixed with mixup/cutmix where configured); its (loss sum, correct,
-        images), on the device. The first batch of an accumulation window drops the last window's gradients."""
+        images), on the device. The first batch of an accumulation window drops the last window's gradients.
+        `weight` scales the loss that is backpropagated (this rank's share of an unevenly split batch)."""
         mixed = mix_batch(x, y, self.mixup, self.cutmix) if self.mixup or self.cutmix else None
         with runtime.autocast():
             if mixed is None:
@@ -256,7 +261,7 @@ class Trainer:
         # forward pass and returns as page faults (docs/benchmarks.md, "No slowdown")
         if new_window:
             state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss / self.accumulate).backward()
+        state.scaler.scale(loss * weight / self.accumulate).backward()
         return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
 
     def update(self, state: State) -> None:
