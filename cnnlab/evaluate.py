@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from cnnlab import CONF_DIR, CnnlabError
 from cnnlab.config import build, validate_evaluate
+from cnnlab.config.compose_errors import report_compose_errors_in_one_line
 from cnnlab.rundir import remove_if_empty
 from cnnlab.runtime import Interrupted, Runtime
 from cnnlab.train import checkpoint
@@ -131,6 +132,7 @@ def main(cfg: DictConfig) -> float:
 
 
 def cli() -> None:
+    report_compose_errors_in_one_line()
     main()
 
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CONF_DIR, CnnlabError
 from cnnlab.config import build, validate
+from cnnlab.config.compose_errors import report_compose_errors_in_one_line
 from cnnlab.data import Data
 from cnnlab.models.layers import Whitening
 from cnnlab.rundir import RunDir, remove_if_empty
@@ -144,6 +145,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def cli() -> None:
+    report_compose_errors_in_one_line()
     if "RANK" not in os.environ:
         main()
         return

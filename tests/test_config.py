@@ -182,6 +182,7 @@ def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
     ("augment.crop_padding=-2", "augment.crop_padding is -2; allowed: an integer >= 0"),
     ("model=resnet18 model.layers=[0,0,0,0]", "model.layers[0] is 0; allowed: an integer >= 1"),
     ("+trainer.foo=1", "trainer.foo is not a key of trainer (cnnlab.train.trainer.Trainer); allowed keys: "),
+    ("+foo=1", "foo is not a key of the config; allowed keys: seed, objective, "),
     ("trainer.param_groups=[{params:bogus,lr_scale:1,weight_decay_scale:1}]",
      "trainer.param_groups[0].params is 'bogus'; allowed: bias | norm | norm_bias | norm_weight | whiten"),
     ("trainer.param_groups=[{params:bias,lr_scale:0,weight_decay_scale:1}]",

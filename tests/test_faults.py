@@ -60,6 +60,19 @@ def text_file(launch: Path) -> None:
 
 
 FAULTS = [
+    Fault("a config its group lacks", ["model=vgg61"], 1,
+          r"^error: model=vgg61 is not a config of model; allowed: airbench94, resnet18, .*, vgg16, .*vgg_compact$"),
+    Fault("a config its group lacks, in a sweep", ["-m", "model=vgg16,vgg61"], 1,
+          r"^error: model=vgg61 is not a config of model; allowed: airbench94, "),
+    Fault("a key the config lacks", ["optim.lrr=1e-3"], 1,
+          r"^error: optim\.lrr is not a key of optim; allowed keys: _target_, _partial_, lr, .* "
+          r"\(a new key: \+optim\.lrr=\.\.\.\)$"),
+    Fault("a top-level key the evaluate config lacks", ["chekpoint=last.pt"], 1,
+          r"^error: chekpoint is not a key of the config; allowed keys: checkpoint, split, ", module="cnnlab.evaluate"),
+    Fault("an override that does not parse", ["trainer.epochs=[3"], 1,
+          r"^error: cannot parse the override 'trainer\.epochs=\[3': "),
+    Fault("a list indexed by a name", ["model.cfg.first=8"], 1,
+          r"^error: cannot apply the override 'model\.cfg\.first=8': invalid literal for int\(\)"),
     Fault("imagefolder without a root", [*TINY, "logger=none", "dataset=imagefolder"], 1,
           r"^error: dataset\.root is not set; give it, for example dataset\.root=<"),
     Fault("evaluate without a checkpoint", [], 1, r"^error: checkpoint is not set; give it", module="cnnlab.evaluate"),
@@ -213,11 +226,13 @@ def test_a_real_full_disk_while_writing_last_pt(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)])
 
 
-def test_full_error_brings_the_traceback_back(tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "cnnlab.run", *QUICK, "trainer.grad_clip=-1"], cwd=tmp_path,
+@pytest.mark.parametrize("override,message", [("trainer.grad_clip=-1", "trainer.grad_clip is -1"),
+                                               ("optim.lrr=1e-3", "Key 'lrr' is not in struct")])
+def test_full_error_brings_the_traceback_back(tmp_path: Path, override: str, message: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "cnnlab.run", *QUICK, override], cwd=tmp_path,
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT),
                                                               "HYDRA_FULL_ERROR": "1"}, timeout=300)
-    assert res.returncode == 1 and "Traceback" in res.stderr and "trainer.grad_clip is -1" in res.stderr
+    assert res.returncode == 1 and "Traceback" in res.stderr and message in res.stderr
 
 
 def test_an_unwritable_cache_dir_still_trains(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def check_node(node: Any, schema: type, key: str) -> None:
     fields = dataclasses.fields(schema)
     unknown = [k for k in node if k not in hints]
     if unknown:
-        where = f"{key} ({target_of(schema)})" if target_of(schema) else key
+        where = f"{key} ({target_of(schema)})" if target_of(schema) else key or "the config"
         allowed = ", ".join(f.name for f in fields)
         raise ConfigError(f"{join(key, unknown[0])} is not a key of {where}; allowed keys: {allowed}")
     for field in fields:

@@ -203,6 +203,7 @@ class Trainer:
                     m.bias.requires_grad_(p.epoch <= self.whiten_bias_epochs)
         loader.set_epoch(1 if self.overfit else p.epoch, p.batch)  # overfit: epoch 1's first batches, always
         batches = self.batches_per_epoch(loader)
+        last_batch = len(loader) - 1  # the only batch DDP ranks can share unevenly
         # loss sum, correct, images: summed on the device, read only at log intervals
         running = state.running or [0.0, 0.0, 0.0]
         sums = torch.tensor(running, dtype=torch.float64, device=runtime.device)
@@ -212,8 +213,7 @@ class Trainer:
         for batch, (x, y) in enumerate(loader, start=p.batch):
             if batch >= batches:
                 break
-            # only the loader's last batch can be split unevenly across DDP ranks
-            weight = distributed.share_weight(len(y)) if batch == len(loader) - 1 else 1.0
+            weight = distributed.share_weight(len(y)) if batch == last_batch else 1.0
             sums += self.step(state, *runtime.batch(x, y), runtime, new_window=batch % self.accumulate == 0,
                               weight=weight)
             if (batch + 1) % self.accumulate and batch + 1 < batches:

@@ -1,0 +1,85 @@
+"""Hydra's own composition errors (an unknown config in a group, a key the config lacks, an override it cannot
+parse) in one line, like every other bad input: `error: <what>; allowed: <what is>`, and exit code 1.
+
+Hydra prints these errors itself, over several lines, from `hydra._internal.utils.run_and_report`, which wraps
+every step of its `main`; there is no public hook. So the entry points wrap that function: an error raised while
+Hydra composes the config becomes one line, and everything else (the task's own errors) passes to Hydra as
+before. HYDRA_FULL_ERROR=1 still gives Hydra's full report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import hydra._internal.utils as hydra_utils
+from hydra.core.override_parser.types import Override
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+
+def report_compose_errors_in_one_line() -> None:
+    report = hydra_utils.run_and_report
+    if getattr(report, "one_line", False):
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        def composing_in_one_line() -> Any:
+            try:
+                return func()
+            except Exception as error:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1" or not composing(error):
+                    raise
+                sys.exit(f"error: {one_line(error)}")
+
+        return report(composing_in_one_line)
+
+    run_and_report.one_line = True  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
+
+
+def composing(error: Exception) -> bool:
+    """Raised while Hydra parses the overrides or composes the config, not by the task it runs."""
+    if isinstance(error, ConfigCompositionException | OverrideParseException):
+        return True
+    loader = os.path.join("hydra", "_internal", "config_loader_impl.py")
+    return any(frame.filename.endswith(loader) for frame in traceback.extract_tb(error.__traceback__))
+
+
+def one_line(error: Exception) -> str:
+    cause = error.__cause__
+    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"{group}={name} is not a config of {group}; allowed: {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        return f"cannot parse the override '{error.override}': {joined(error.message)}"
+    if isinstance(cause, OmegaConfBaseException) and isinstance(cause.parent_node, DictConfig) and cause.full_key:
+        parent, _, _ = cause.full_key.rpartition(".")
+        allowed = ", ".join(str(k) for k in cause.parent_node if parent or k != "hydra")
+        if allowed:
+            return (f"{cause.full_key} is not a key of {parent or 'the config'}; allowed keys: {allowed} "
+                    f"(a new key: +{cause.full_key}=...)")
+    text = joined(str(error).split("Config search path:")[0])
+    if isinstance(cause, OmegaConfBaseException):
+        text += f" ({joined(cause.msg)})"
+    if isinstance(error, ConfigCompositionException):
+        return text
+    override = applying(error)
+    return f"cannot apply the override '{override}': {text}" if override else f"cannot compose the config: {text}"
+
+
+def applying(error: Exception) -> str | None:
+    """The override Hydra was applying when `error` was raised (an OmegaConf error Hydra does not wrap)."""
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        override = frame.f_locals.get("override")
+        if isinstance(override, Override) and override.input_line:
+            return override.input_line
+    return None
+
+
+def joined(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
