@@ -143,13 +143,6 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
         untimed(read_metrics(run_dir / "metrics.jsonl"))
 
 
-def test_unknown_config_option_lists_what_is_allowed(tmp_path: Path) -> None:
-    res = run_cli("model=vgg17", cwd=tmp_path, timeout=120)
-    assert res.returncode == 1
-    assert "Could not find 'model/vgg17'" in res.stderr and "vgg16_bn" in res.stderr
-    assert "Traceback" not in res.stderr and not (tmp_path / "outputs").exists()
-
-
 def test_image_folder_run_counts_its_classes(tmp_path: Path) -> None:
     from conftest import write_image_tree
 
