@@ -9,17 +9,44 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cnnlab.config.compose_errors import cannot_resolve
 
 
 class OutputDirCheck(Callback):
-    """Before Hydra creates the run (or sweep) dir: one line and exit 1 if it cannot be created or written."""
+    """Before Hydra creates the run (or sweep) dir: one line and exit 1 if it cannot be resolved, created or
+    written, or if a setting Hydra resolves after creating it cannot be resolved."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        check_resolvable(config, JOB_SETTINGS)
+        check_writable(resolved_path(config, "hydra.run.dir"), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        check_resolvable(config, JOB_SETTINGS)
+        check_writable(resolved_path(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+
+
+# what Hydra's run_job resolves only after it has created the job's dir
+JOB_SETTINGS = ("hydra.job.chdir", "hydra.job.env_set", "hydra.job_logging", "hydra.verbose", "hydra.output_subdir")
+
+
+def check_resolvable(config: DictConfig, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        try:
+            node = OmegaConf.select(config, key, throw_on_missing=True)
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as error:
+            sys.exit(f"error: {cannot_resolve(error.full_key or key, error)}")
+
+
+def resolved_path(config: DictConfig, key: str) -> Path:
+    try:
+        return Path(OmegaConf.select(config, key, throw_on_missing=True))
+    except OmegaConfBaseException as error:
+        sys.exit(f"error: {cannot_resolve(key, error)}")
 
 
 def check_writable(path: Path, key: str) -> None:

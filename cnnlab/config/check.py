@@ -107,9 +107,8 @@ def check_node(node: Any, schema: type, key: str) -> None:
     fields = dataclasses.fields(schema)
     unknown = [k for k in node if k not in hints]
     if unknown:
-        where = f"{key} ({target_of(schema)})" if target_of(schema) else key or "the config"
-        allowed = ", ".join(f.name for f in fields)
-        raise ConfigError(f"{join(key, unknown[0])} is not a key of {where}; allowed keys: {allowed}")
+        where = f"{key} ({target_of(schema)})" if target_of(schema) else key
+        raise ConfigError(not_a_key(join(key, unknown[0]), where, [f.name for f in fields]))
     for field in fields:
         name = field.name
         if name not in node.keys():  # noqa: SIM118 - a DictConfig counts a ??? value as not `in` it
@@ -202,6 +201,11 @@ def is_instance(value: Any, kind: type) -> bool:
 def target_of(schema: type) -> str | None:
     hint = typing.get_type_hints(schema).get("_target_")
     return get_args(hint)[0] if hint is not None else None
+
+
+def not_a_key(key: str, parent: str, allowed: list[str]) -> str:
+    """The one line for a key its parent (a dotted key; "" for the root) does not have."""
+    return f"{key} is not a key of {parent or 'the config'}; allowed keys: {', '.join(allowed)}"
 
 
 def join(key: str, name: str) -> str:

@@ -1,5 +1,6 @@
 """Hydra's own composition errors (an unknown config in a group, a key the config lacks, an override it cannot
-parse) in one line, like every other bad input: `error: <what>; allowed: <what is>`, and exit code 1.
+parse, a hydra.* setting it cannot resolve) in one line, like every other bad input: `error: <what>; allowed:
+<what is>`, and exit code 1.
 
 Hydra prints these errors itself, over several lines, from `hydra._internal.utils.run_and_report`, which wraps
 every step of its `main`; there is no public hook. So the entry points wrap that function: an error raised while
@@ -16,10 +17,13 @@ from collections.abc import Callable
 from typing import Any
 
 import hydra._internal.utils as hydra_utils
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
+
+from cnnlab.config.check import first_line, not_a_key
 
 
 def report_compose_errors_in_one_line() -> None:
@@ -43,26 +47,36 @@ def report_compose_errors_in_one_line() -> None:
 
 
 def composing(error: Exception) -> bool:
-    """Raised while Hydra parses the overrides or composes the config, not by the task it runs."""
-    if isinstance(error, ConfigCompositionException | OverrideParseException):
+    """Raised while Hydra parses the overrides, composes the config or resolves its own settings (hydra.*) to set
+    up the job, not by the task it runs."""
+    if isinstance(error, ConfigCompositionException | OverrideParseException) or hydra_setting(error):
         return True
     loader = os.path.join("hydra", "_internal", "config_loader_impl.py")
     return any(frame.filename.endswith(loader) for frame in traceback.extract_tb(error.__traceback__))
 
 
+def hydra_setting(error: Exception) -> str | None:
+    """The hydra.* key that `error` (an OmegaConf error) is about, if any."""
+    key = getattr(error, "full_key", None) if isinstance(error, OmegaConfBaseException) else None
+    return key if isinstance(key, str) and key.startswith("hydra.") else None
+
+
 def one_line(error: Exception) -> str:
     cause = error.__cause__
-    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
+    if key := hydra_setting(error):
+        return cannot_resolve(key, error)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, name = error.missing_cfg_file.rpartition("/")
-        return f"{group}={name} is not a config of {group}; allowed: {', '.join(error.options)}"
+        options = error.options or options_of(group)  # Hydra lists none for a name in a list: optim=[a]
+        if options:
+            return f"{group}={name} is not a config of {group}; allowed: {', '.join(options)}"
     if isinstance(error, OverrideParseException):
         return f"cannot parse the override '{error.override}': {joined(error.message)}"
     if isinstance(cause, OmegaConfBaseException) and isinstance(cause.parent_node, DictConfig) and cause.full_key:
         parent, _, _ = cause.full_key.rpartition(".")
-        allowed = ", ".join(str(k) for k in cause.parent_node if parent or k != "hydra")
+        allowed = [str(k) for k in cause.parent_node if parent or k != "hydra"]
         if allowed:
-            return (f"{cause.full_key} is not a key of {parent or 'the config'}; allowed keys: {allowed} "
-                    f"(a new key: +{cause.full_key}=...)")
+            return f"{not_a_key(cause.full_key, parent, allowed)} (a new key: +{cause.full_key}=...)"
     text = joined(str(error).split("Config search path:")[0])
     if isinstance(cause, OmegaConfBaseException):
         text += f" ({joined(cause.msg)})"
@@ -70,6 +84,15 @@ def one_line(error: Exception) -> str:
         return text
     override = applying(error)
     return f"cannot apply the override '{override}': {text}" if override else f"cannot compose the config: {text}"
+
+
+def options_of(group: str) -> list[str]:
+    hydra = GlobalHydra.instance()
+    return hydra.config_loader().get_group_options(group) if hydra.is_initialized() else []
+
+
+def cannot_resolve(key: str, error: Exception) -> str:
+    return f"cannot resolve {key}: {first_line(error)}"
 
 
 def applying(error: Exception) -> str | None:
