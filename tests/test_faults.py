@@ -75,6 +75,8 @@ FAULTS = [
           r"^error: cannot parse the override 'trainer\.epochs=\[3': "),
     Fault("a list indexed by a name", ["model.cfg.first=8"], 1,
           r"^error: cannot apply the override 'model\.cfg\.first=8': invalid literal for int\(\)"),
+    Fault("a wrong type for a Hydra setting", ["hydra.job.chdir=maybe"], 1,
+          r"^error: hydra\.job\.chdir: Value 'maybe' is not a valid bool \(type str\)$"),
     Fault("a run dir that does not resolve", ["hydra.run.dir=${nosuch}"], 1,
           r"^error: cannot resolve hydra\.run\.dir: Interpolation key 'nosuch' not found$"),
     Fault("a Hydra setting resolved after the run dir exists", ["hydra.output_subdir=${nosuch}"], 1,

@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.types import Override
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cnnlab.config.check import first_line, not_a_key
 
@@ -72,11 +72,14 @@ def one_line(error: Exception) -> str:
             return f"{group}={name} is not a config of {group}; allowed: {', '.join(options)}"
     if isinstance(error, OverrideParseException):
         return f"cannot parse the override '{error.override}': {joined(error.message)}"
-    if isinstance(cause, OmegaConfBaseException) and isinstance(cause.parent_node, DictConfig) and cause.full_key:
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and isinstance(cause.parent_node, DictConfig) \
+            and cause.full_key:
         parent, _, _ = cause.full_key.rpartition(".")
         allowed = [str(k) for k in cause.parent_node if parent or k != "hydra"]
         if allowed:
             return f"{not_a_key(cause.full_key, parent, allowed)} (a new key: +{cause.full_key}=...)"
+    if isinstance(cause, ValidationError) and cause.full_key:  # a wrong type for a key of Hydra's own schema
+        return f"{cause.full_key}: {first_line(cause)}"
     text = joined(str(error).split("Config search path:")[0])
     if isinstance(cause, OmegaConfBaseException):
         text += f" ({joined(cause.msg)})"
