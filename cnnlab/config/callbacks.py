@@ -20,12 +20,12 @@ class OutputDirCheck(Callback):
     written, or if a setting Hydra resolves after creating it cannot be resolved."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_resolvable(config, JOB_SETTINGS)
-        check_writable(resolved_path(config, "hydra.run.dir"), "hydra.run.dir")
+        check_resolvable(config, ("hydra.run.dir", *JOB_SETTINGS))
+        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_resolvable(config, JOB_SETTINGS)
-        check_writable(resolved_path(config, "hydra.sweep.dir"), "hydra.sweep.dir")
+        check_resolvable(config, ("hydra.sweep.dir", *JOB_SETTINGS))
+        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 # what Hydra's run_job resolves only after it has created the job's dir
@@ -40,13 +40,6 @@ def check_resolvable(config: DictConfig, keys: tuple[str, ...]) -> None:
                 OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as error:
             sys.exit(f"error: {cannot_resolve(error.full_key or key, error)}")
-
-
-def resolved_path(config: DictConfig, key: str) -> Path:
-    try:
-        return Path(OmegaConf.select(config, key, throw_on_missing=True))
-    except OmegaConfBaseException as error:
-        sys.exit(f"error: {cannot_resolve(key, error)}")
 
 
 def check_writable(path: Path, key: str) -> None:
