@@ -206,7 +206,7 @@ def test_gpu_fast_is_the_airbench_recipe_and_runs_here_for_a_few_batches(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,epochs,batch_size,tta",
-                         [("cpu_fast", 8, 512, "flip_translate"), ("cpu_fast_quick", 3, 512, "flip")])
+                         [("cpu_fast", 9, 1024, "flip_translate"), ("cpu_fast_quick", 3, 512, "flip")])
 def test_the_cpu_recipes_are_the_airbench_recipe_cut_short_and_run(tmp_path: Path, name: str, epochs: int,
                                                                     batch_size: int, tta: str) -> None:
     cfg, airbench = make_cfg(f"experiment={name}"), make_cfg("experiment=airbench94")
