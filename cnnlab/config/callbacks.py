@@ -20,12 +20,15 @@ class OutputDirCheck(Callback):
     written, or if a setting Hydra resolves after creating it cannot be resolved."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_resolvable(config, ("hydra.run.dir", *JOB_SETTINGS))
-        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+        check_output_dir(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_resolvable(config, ("hydra.sweep.dir", *JOB_SETTINGS))
-        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+        check_output_dir(config, "hydra.sweep.dir")
+
+
+def check_output_dir(config: DictConfig, key: str) -> None:
+    check_resolvable(config, (key, *JOB_SETTINGS))
+    check_writable(Path(OmegaConf.select(config, key)), key)
 
 
 # what Hydra's run_job resolves only after it has created the job's dir
