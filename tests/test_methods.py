@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.data.loader import TensorLoader
-from cnnlab.models.layers import ConvBeforePool, Whitening
+from cnnlab.models.layers import Whitening
 from cnnlab.run import train
 from cnnlab.runtime import Runtime
 from cnnlab.train import checkpoint
@@ -50,24 +50,6 @@ def test_airbench94_is_airbench_s_network() -> None:
     assert all(c.bias is None and torch.equal(c.weight[:, :, 1, 1].diagonal()[: c.in_channels],
                                               torch.ones(min(c.in_channels, c.out_channels))) for c in convs)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert [type(m) for m in model.features[:2]] == [ConvBeforePool, nn.MaxPool2d]
-    assert sum(isinstance(m, ConvBeforePool) for m in model.modules()) == 3
-
-
-@pytest.mark.parametrize("height, width", [(7, 7), (8, 8), (15, 8), (6, 9)])
-def test_a_conv_before_a_pool_computes_only_what_the_pool_keeps(height: int, width: int) -> None:
-    torch.manual_seed(0)
-    trimmed, conv = ConvBeforePool(4, 5), nn.Conv2d(4, 5, 3, padding=1)
-    conv.load_state_dict(trimmed.state_dict())
-    x = torch.randn(3, 4, height, width, requires_grad=True)
-    assert trimmed(x).shape[-2:] == (height // 2 * 2, width // 2 * 2)
-    outs, grads = [], []
-    for layer in (trimmed, conv):
-        out = nn.functional.max_pool2d(layer(x), 2)
-        outs.append(out)
-        grads.append(torch.autograd.grad(out.square().sum(), (x, layer.weight, layer.bias)))
-    assert torch.allclose(*outs, atol=1e-6)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
 
 
 def test_parameter_groups_scale_lr_and_decay_and_leave_frozen_weights_out() -> None:

@@ -1,5 +1,5 @@
 """Building blocks both families share: the activation, BatchNorm with its options, the patch-whitening stem
-(airbench's first layer), a conv that computes only what the pool after it keeps, and output scaling."""
+(airbench's first layer) and output scaling."""
 
 from __future__ import annotations
 
@@ -48,23 +48,6 @@ def whitening_stem(in_channels: int, kernel: int, act: Activation) -> tuple[nn.S
     """A Whitening layer and its activation, and the number of channels it puts out."""
     whitening = Whitening(in_channels, kernel)
     return nn.Sequential(whitening, activation(act)), whitening.out_channels
-
-
-class ConvBeforePool(nn.Conv2d):
-    """A 3x3, padding-1 conv that a 2x2 max-pool follows. On an odd height or width the pool drops the conv's last
-    row or column, so this conv does not compute it: padded by one before and none after, it puts out just the rows
-    and columns the pool reads. The same weights and function as nn.Conv2d; in airbench94 (31, 15 and 7 pixels) it
-    leaves out 11 % of the convs' arithmetic."""
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, kernel_size=3, padding=1, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        height, width = x.shape[-2:]
-        if height % 2 == 0 and width % 2 == 0:
-            return super().forward(x)
-        x = nn.functional.pad(x, (1, 1 - width % 2, 1, 1 - height % 2))
-        return nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 class Scale(nn.Module):

@@ -28,11 +28,10 @@ def make_layers(cfg: Sequence[int | str], batch_norm: bool = False, in_channels:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1, bias=conv_bias))
             if pool_before_norm and i + 1 < len(cfg) and cfg[i + 1] == "M":
-                layers += [L.ConvBeforePool(in_channels, v, bias=conv_bias), nn.MaxPool2d(kernel_size=2, stride=2)]
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 skip = True
-            else:
-                layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1, bias=conv_bias))
             if batch_norm:
                 layers.append(L.batch_norm(v, **(norm or {})))
             layers.append(L.activation(act))
