@@ -1,6 +1,6 @@
 """The methods of fast training, each a switch: the whitening stem, BatchNorm options, parameter groups, the
-weight average and Lookahead, alternating flip, test-time augmentation levels, mixup/cutmix, gradient
-accumulation, the debug group, and the airbench94 network and recipe."""
+weight average and Lookahead, the Muon optimizer, alternating flip, test-time augmentation levels, mixup/cutmix,
+gradient accumulation, the debug group, and the airbench94 network and recipes."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from cnnlab.runtime import Runtime
 from cnnlab.train import checkpoint
 from cnnlab.train.ema import EmaSchedule, WeightAverage
 from cnnlab.train.mix import mix_batch
+from cnnlab.train.muon import Muon, orthogonalise
+from cnnlab.train.schedules import onecycle
 from cnnlab.train.trainer import Trainer, logits
 
 NO_BN = ["model=vgg11", "model.cfg=[16,M,32,M,64,M]", "model.classifier_hidden=[]", "model.classifier_dropout=0.0",
@@ -61,6 +63,70 @@ def test_parameter_groups_scale_lr_and_decay_and_leave_frozen_weights_out() -> N
     assert groups[0]["lr"] == pytest.approx(6.4) and groups[0]["weight_decay"] == pytest.approx(0.005)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert {id(p) for g in groups for p in g["params"]} == trainable  # no frozen BN scale, no whitening filter
+
+
+def test_newton_schulz_keeps_the_singular_vectors_and_pulls_the_singular_values_together() -> None:
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(64, 64, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(576, 64, generator=g))
+    spread = torch.logspace(0, -3, 64)  # singular values 1 ... 1e-3
+    for m, (left, right) in {"wide": (u, v), "tall": (v, u)}.items():
+        out = orthogonalise(left @ torch.diag(spread) @ right.T)
+        in_basis = left.T @ out @ right
+        assert torch.allclose(in_basis, torch.diag(in_basis.diagonal()), atol=1e-5), m
+        s = in_basis.diagonal()
+        assert 0.9 < s.max() < 1.5 and s.min() > 0 and s.max() / s.min() < 100, m  # from a spread of 1000
+
+
+def test_muon_steps_conv_filters_along_their_orthogonalised_momentum_and_the_rest_by_sgd() -> None:
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, bias=True)
+    head = nn.Linear(16, 4)
+    twin = [p.detach().clone().requires_grad_() for p in (conv.bias, head.weight, head.bias)]
+    opt = Muon([{"params": [conv.weight]}, {"params": [conv.bias, head.weight, head.bias], "lr": 0.5}], lr=0.1,
+               momentum=0.6, weight_decay=0.01, sgd_momentum=0.85)
+    sgd = torch.optim.SGD(twin, lr=0.5, momentum=0.85, nesterov=True, weight_decay=0.01)
+    filt, buf = conv.weight.detach().clone(), torch.zeros_like(conv.weight)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in (conv.weight, conv.bias, head.weight, head.bias)]
+        conv.weight.grad = grads[0]
+        for p, q, grad in zip((conv.bias, head.weight, head.bias), twin, grads[1:], strict=True):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        opt.step()
+        sgd.step()
+        buf = 0.6 * buf + grads[0]
+        update = orthogonalise((grads[0] + 0.6 * buf).reshape(16, -1)).view_as(filt)
+        filt = filt * 16**0.5 / filt.norm() - 0.1 * update
+        assert torch.allclose(conv.weight, filt, atol=1e-6)
+        assert all(torch.allclose(p, q) for p, q in zip((conv.bias, head.weight, head.bias), twin, strict=True))
+
+
+def test_onecycle_without_a_ramp_decays_linearly_from_the_first_step() -> None:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = onecycle(opt, steps_per_epoch=5, epochs=2, pct_start=0.0, start_ratio=1.0, end_ratio=0.0)
+    factors = []
+    for _ in range(10):
+        factors.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert factors == pytest.approx([1 - s / 10 for s in range(10)])  # airbench94_muon's schedule
+
+
+def test_the_muon_recipe_groups_biases_head_and_filters() -> None:
+    cfg = make_cfg("experiment=airbench94_muon")
+    model = instantiate(cfg.model)
+    groups = Trainer(epochs=1, param_groups=cfg.trainer.param_groups).parameter_groups(model, instantiate(cfg.optim))
+    biases, head, filters = ({id(p) for p in group["params"]} for group in groups)
+    assert biases == {id(m.bias) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, Whitening))}
+    assert head == {id(model.classifier[0].weight)}
+    assert filters == {id(m.weight) for m in model.features if isinstance(m, nn.Conv2d)}
+    # airbench94_muon's values (batch 2000, summed loss) in cnnlab's mean-loss terms
+    assert groups[0]["lr"] == pytest.approx(0.053 * 2000, rel=1e-4)
+    assert groups[0]["lr"] * groups[0]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
+    assert groups[1]["lr"] == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=1e-4)
+    assert groups[1]["lr"] * groups[1]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
+    assert cfg.trainer.ema.every == 0 and (cfg.trainer.epochs, cfg.data.batch_size) == (8, 2000)
+    assert make_cfg("experiment=cpu_fast") == cfg  # the CPU recipe is this one as it is
 
 
 def test_the_weight_average_and_its_schedule() -> None:
@@ -158,6 +224,20 @@ def test_the_airbench_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
     assert a["model"]["stem.0.bias"].abs().sum() > 0  # the whitening bias learnt during its epoch
 
 
+def test_the_muon_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
+    common = ["experiment=airbench94_muon", *SYNTH, "logger=none", "data.batch_size=128", "trainer.epochs=3",
+              "trainer.tta=none", "runtime.deterministic=true", "trainer.whiten_bias_epochs=1",
+              "sched.end_ratio=1"]  # a constant lr: the shorter first part then trains like the whole run's start
+    assert train(make_cfg(*common), tmp_path / "straight") > 0.3  # it learns (chance: 0.1)
+    train(make_cfg(*common, "trainer.epochs=1"), tmp_path / "split")
+    train(make_cfg(*common, "trainer.resume=auto"), tmp_path / "split")
+    a = checkpoint.load(tmp_path / "straight" / "last.pt")
+    b = checkpoint.load(tmp_path / "split" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    filters = [v for k, v in a["model"].items() if k.startswith("features") and v.ndim == 4]
+    assert all(torch.allclose(f.norm(), torch.tensor(len(f) ** 0.5), rtol=0.2) for f in filters)
+
+
 @pytest.mark.slow
 def test_the_whitening_bias_freezes_after_its_epochs(tmp_path: Path) -> None:
     common = ["experiment=airbench94", *SYNTH, "logger=none", "data.batch_size=128", "trainer.ema.every=0",
@@ -206,7 +286,7 @@ def test_gpu_fast_is_the_airbench_recipe_and_runs_here_for_a_few_batches(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,epochs,batch_size,tta",
-                         [("cpu_fast", 9, 1024, "flip_translate"), ("cpu_fast_quick", 3, 512, "flip")])
+                         [("cpu_fast_v2", 9, 1024, "flip_translate"), ("cpu_fast_quick", 3, 512, "flip")])
 def test_the_cpu_recipes_are_the_airbench_recipe_cut_short_and_run(tmp_path: Path, name: str, epochs: int,
                                                                     batch_size: int, tta: str) -> None:
     cfg, airbench = make_cfg(f"experiment={name}"), make_cfg("experiment=airbench94")

@@ -100,6 +100,18 @@ class AdamWNode(AdamNode):
 
 
 @dataclass
+class MuonNode:
+    _target_: Literal["cnnlab.train.muon.Muon"]
+    _partial_: Literal[True]
+    lr: PosFloat
+    momentum: Annotated[float, Range(ge=0, lt=1)]
+    nesterov: bool
+    weight_decay: NonNegFloat
+    sgd_momentum: Annotated[float, Range(ge=0, lt=1)]
+    ns_steps: PosInt
+
+
+@dataclass
 class ConstantNode:
     _target_: Literal["cnnlab.train.schedules.constant"]
     _partial_: Literal[True]
@@ -123,7 +135,7 @@ class CosineNode(ConstantNode):
 class OneCycleNode:
     _target_: Literal["cnnlab.train.schedules.onecycle"]
     _partial_: Literal[True]
-    pct_start: Annotated[float, Range(gt=0, lt=1)]
+    pct_start: Annotated[float, Range(ge=0, lt=1)]
     start_ratio: Ratio
     end_ratio: Ratio
 
@@ -202,7 +214,7 @@ Tta = Literal["none", "flip", "flip_translate"]
 
 @dataclass
 class ParamGroupNode:
-    params: Literal["bias", "norm", "norm_bias", "norm_weight", "whiten"]
+    params: Literal["bias", "norm", "norm_bias", "norm_weight", "whiten", "linear"]
     lr_scale: PosFloat
     weight_decay_scale: NonNegFloat
 
@@ -282,7 +294,7 @@ class RunNode:
     dataset: DatasetNode
     augment: AugmentNode
     model: VGGNode | ResNetNode
-    optim: SGDNode | AdamNode | AdamWNode
+    optim: SGDNode | AdamNode | AdamWNode | MuonNode
     sched: ConstantNode | StepNode | CosineNode | OneCycleNode
     trainer: TrainerNode
     runtime: RuntimeNode

@@ -49,9 +49,10 @@ def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epoch
 
 def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, pct_start: float = 0.25,
              start_ratio: float = 0.1, end_ratio: float = 0.0) -> LambdaLR:
-    """Linear ramp from `start_ratio` x lr up to the lr over `pct_start` of training, then linear to `end_ratio`."""
+    """Linear ramp from `start_ratio` x lr up to the lr over `pct_start` of training, then linear to `end_ratio`
+    (`pct_start` 0: from the lr straight down, airbench94_muon's schedule)."""
     total = epochs * steps_per_epoch
-    peak = max(1, round(pct_start * total))
+    peak = max(1, round(pct_start * total)) if pct_start > 0 else 0
 
     def factor(s: int) -> float:
         if s < peak:

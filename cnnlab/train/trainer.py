@@ -347,7 +347,7 @@ class Trainer:
 
 
 def parameter_kinds(model: nn.Module) -> dict[str, set[str]]:
-    """The `param_groups` selectors each parameter answers to: bias, norm, norm_bias, whiten."""
+    """The `param_groups` selectors each parameter answers to: bias, norm, norm_bias, norm_weight, whiten, linear."""
     kinds = {}
     for module_name, module in model.named_modules():
         for name, _ in module.named_parameters(recurse=False):
@@ -356,6 +356,8 @@ def parameter_kinds(model: nn.Module) -> dict[str, set[str]]:
                 tags |= {"norm", f"norm_{name}"}
             if isinstance(module, Whitening):
                 tags.add("whiten")
+            if isinstance(module, nn.Linear):
+                tags.add("linear")
             kinds[f"{module_name}.{name}" if module_name else name] = tags
     return kinds
 

@@ -1,0 +1,77 @@
+"""Muon (Keller Jordan, 2024; the optimizer of airbench94_muon.py, KellerJordan/cifar10-airbench): each conv
+filter takes a step of fixed size along its orthogonalised momentum, every other parameter a plain SGD step.
+
+For a conv filter (a 4-d weight): the nesterov momentum of its gradient, flattened to (out, in * kh * kw), is
+orthogonalised by a Newton-Schulz iteration (singular values pushed towards 1), the filter is rescaled to norm
+sqrt(out) (which makes weight decay moot for it), and it moves by `lr` times that. Everything else (biases,
+BatchNorm, linear layers) takes SGD with `sgd_momentum` (nesterov) and `weight_decay` at its group's lr, so the
+trainer's `param_groups` rules (lr_scale, weight_decay_scale) give those their own settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+# The quintic iteration's coefficients, chosen to raise small singular values fast rather than to converge
+# exactly: they end up spread around 1 (about 0.5-1.5), which trains as well as an exact orthogonalisation.
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7) -> Tensor:
+    """About U V^T of the 2-d `g = U S V^T`, in float32, by `steps` quintic Newton-Schulz iterations."""
+    a, b, c = NEWTON_SCHULZ
+    x = g.float() / (g.float().norm() + eps)  # all singular values <= 1
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x if wide else x.T
+
+
+class Muon(torch.optim.Optimizer):
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.24,
+                 momentum: float = 0.6, nesterov: bool = True, weight_decay: float = 0.0,
+                 sgd_momentum: float = 0.85, ns_steps: int = 3) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or not 0 <= sgd_momentum < 1 or weight_decay < 0 or ns_steps < 1:
+            raise ValueError(f"Muon: lr={lr}, momentum={momentum}, sgd_momentum={sgd_momentum}, "
+                             f"weight_decay={weight_decay}, ns_steps={ns_steps} out of range")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                      sgd_momentum=sgd_momentum, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        if closure is not None:
+            raise ValueError("Muon takes no closure")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.ndim == 4:
+                    self._filter_step(p, group)
+                else:
+                    self._sgd_step(p, group)
+
+    def _filter_step(self, p: Tensor, group: dict[str, Any]) -> None:
+        update = self._momentum(p, p.grad, group["momentum"], group["nesterov"])
+        p.mul_(len(p) ** 0.5 / p.norm())
+        p.add_(orthogonalise(update.reshape(len(p), -1), group["ns_steps"]).view_as(p).to(p.dtype),
+               alpha=-group["lr"])
+
+    def _sgd_step(self, p: Tensor, group: dict[str, Any]) -> None:
+        grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+        p.add_(self._momentum(p, grad, group["sgd_momentum"], True), alpha=-group["lr"])
+
+    def _momentum(self, p: Tensor, grad: Tensor, momentum: float, nesterov: bool) -> Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:  # the first step starts it at the gradient, as torch's SGD does
+            state["momentum_buffer"] = grad.clone()
+        else:
+            state["momentum_buffer"].mul_(momentum).add_(grad)
+        buf = state["momentum_buffer"]
+        return grad.add(buf, alpha=momentum) if nesterov else buf
