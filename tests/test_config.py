@@ -184,7 +184,7 @@ def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
     ("+trainer.foo=1", "trainer.foo is not a key of trainer (cnnlab.train.trainer.Trainer); allowed keys: "),
     ("+foo=1", "foo is not a key of the config; allowed keys: seed, objective, "),
     ("trainer.param_groups=[{params:bogus,lr_scale:1,weight_decay_scale:1}]",
-     "trainer.param_groups[0].params is 'bogus'; allowed: bias | norm | norm_bias | norm_weight | whiten"),
+     "trainer.param_groups[0].params is 'bogus'; allowed: bias | norm | norm_bias | norm_weight | whiten | linear"),
     ("trainer.param_groups=[{params:bias,lr_scale:0,weight_decay_scale:1}]",
      "trainer.param_groups[0].lr_scale is 0; allowed: a number > 0"),
     ("trainer.param_groups=[{params:bias,lr_scale:1,weight_decay_scale:-1}]",

@@ -104,10 +104,10 @@ class MuonNode:
     _target_: Literal["cnnlab.train.muon.Muon"]
     _partial_: Literal[True]
     lr: PosFloat
-    momentum: Annotated[float, Range(ge=0, lt=1)]
+    momentum: Fraction
     nesterov: bool
     weight_decay: NonNegFloat
-    sgd_momentum: Annotated[float, Range(ge=0, lt=1)]
+    sgd_momentum: Fraction
     ns_steps: PosInt
 
 
@@ -135,7 +135,7 @@ class CosineNode(ConstantNode):
 class OneCycleNode:
     _target_: Literal["cnnlab.train.schedules.onecycle"]
     _partial_: Literal[True]
-    pct_start: Annotated[float, Range(ge=0, lt=1)]
+    pct_start: Fraction
     start_ratio: Ratio
     end_ratio: Ratio
 
