@@ -24,7 +24,8 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7) -> Tensor:
     """About U V^T of the 2-d `g = U S V^T`, in float32, by `steps` quintic Newton-Schulz iterations."""
     a, b, c = NEWTON_SCHULZ
-    x = g.float() / (g.float().norm() + eps)  # all singular values <= 1
+    x = g.float()
+    x = x / (x.norm() + eps)  # all singular values <= 1
     wide = x.size(0) <= x.size(1)
     if not wide:
         x = x.T
