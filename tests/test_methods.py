@@ -224,6 +224,7 @@ def test_the_airbench_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
     assert a["model"]["stem.0.bias"].abs().sum() > 0  # the whitening bias learnt during its epoch
 
 
+@pytest.mark.slow
 def test_the_muon_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
     common = ["experiment=airbench94_muon", *SYNTH, "logger=none", "data.batch_size=128", "trainer.epochs=3",
               "trainer.tta=none", "runtime.deterministic=true", "trainer.whiten_bias_epochs=1",
