@@ -65,7 +65,7 @@ FAULTS = [
     Fault("a config its group lacks, in a sweep", ["-m", "model=vgg16,vgg61"], 1,
           r"^error: model=vgg61 is not a config of model; allowed: airbench94, "),
     Fault("a config its group lacks, in a list", ["optim=[sgd,a]"], 1,
-          r"^error: optim=a is not a config of optim; allowed: adam, adamw, muon, sgd$"),
+          r"^error: optim=a is not a config of optim; allowed: adam, adamw, muon, sgd, sgd_decoupled$"),
     Fault("a momentum Muon cannot use", ["optim=muon", "optim.momentum=1"], 1,
           r"^error: optim\.momentum is 1; allowed: a number >= 0 and < 1$"),
     Fault("a key the config lacks", ["optim.lrr=1e-3"], 1,

@@ -1,6 +1,6 @@
 """The methods of fast training, each a switch: the whitening stem, BatchNorm options, parameter groups, the
-weight average and Lookahead, the Muon optimizer, alternating flip, test-time augmentation levels, mixup/cutmix,
-gradient accumulation, the debug group, and the airbench94 network and recipes."""
+weight average and Lookahead, the Muon optimizer, airbench's decoupled SGD, alternating flip, test-time augmentation
+levels, mixup/cutmix, gradient accumulation, the debug group, and the airbench94 network and recipes."""
 
 from __future__ import annotations
 
@@ -127,6 +127,27 @@ def test_the_muon_recipe_groups_biases_head_and_filters() -> None:
     assert groups[1]["lr"] * groups[1]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
     assert cfg.trainer.ema.every == 0 and (cfg.trainer.epochs, cfg.data.batch_size) == (8, 2000)
     assert make_cfg("experiment=cpu_fast") == cfg  # the CPU recipe is this one as it is
+
+
+@pytest.mark.parametrize("batch_size,accumulate", [(1024, 1), (256, 4), (500, 1)])
+def test_decoupled_sgd_turns_airbench_s_own_values_into_airbench94_s_pytorch_sgd(batch_size: int,
+                                                                                 accumulate: int) -> None:
+    def built(*overrides: str) -> torch.optim.Optimizer:
+        cfg = make_cfg("experiment=airbench94", f"data.batch_size={batch_size}", *overrides)
+        trainer = Trainer(epochs=1, param_groups=cfg.trainer.param_groups)
+        return instantiate(cfg.optim)(trainer.parameter_groups(instantiate(cfg.model), instantiate(cfg.optim)))
+
+    # airbench94.py's hyperparameters as it writes them: the BatchNorm biases at 64x the lr, the same decay
+    decoupled = built("optim=sgd_decoupled", f"trainer.accumulate={accumulate}", "optim.lr=11.5",
+                      "optim.weight_decay=0.0153", "trainer.param_groups.0.weight_decay_scale=1")
+    plain = built()  # experiment=airbench94: converted by hand for batch 1024, the lr scaled with the batch
+    assert isinstance(decoupled, torch.optim.SGD) and decoupled.defaults["nesterov"]
+    scale = batch_size * accumulate / 1024
+    for ours, theirs in zip(decoupled.param_groups, plain.param_groups, strict=True):
+        assert ours["lr"] == pytest.approx(theirs["lr"] * scale, rel=1e-4)
+        assert ours["lr"] * ours["weight_decay"] == pytest.approx(theirs["lr"] * theirs["weight_decay"] * scale,
+                                                                  rel=1e-4)
+        assert ours["momentum"] == theirs["momentum"] == 0.85
 
 
 def test_the_weight_average_and_its_schedule() -> None:

@@ -97,6 +97,7 @@ def test_torchvision_loader_path_lands_in_the_same_accuracy_band(tmp_path: Path)
 @pytest.mark.parametrize("recipe", [["optim=sgd", "optim.lr=0.05", "sched=cosine", "sched.warmup_epochs=1"],
                                     ["optim=adamw", "sched=onecycle"],
                                     ["optim=muon", "sched=onecycle", "sched.pct_start=0", "sched.start_ratio=1"],
+                                    ["optim=sgd_decoupled", "sched=onecycle"],
                                     ["optim=adam", "sched=step", "sched.milestones=[1]"]])
 def test_optimizer_and_schedule_configs_train(tmp_path: Path, recipe: list[str]) -> None:
     assert train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.label_smoothing=0.1", "trainer.grad_clip=5",

@@ -112,6 +112,18 @@ class MuonNode:
 
 
 @dataclass
+class DecoupledSGDNode:
+    _target_: Literal["cnnlab.train.sgd_decoupled.DecoupledSGD"]
+    _partial_: Literal[True]
+    lr: PosFloat
+    momentum: Fraction
+    nesterov: bool
+    weight_decay: NonNegFloat
+    batch_size: PosInt
+    accumulate: PosInt
+
+
+@dataclass
 class ConstantNode:
     _target_: Literal["cnnlab.train.schedules.constant"]
     _partial_: Literal[True]
@@ -294,7 +306,7 @@ class RunNode:
     dataset: DatasetNode
     augment: AugmentNode
     model: VGGNode | ResNetNode
-    optim: SGDNode | AdamNode | AdamWNode | MuonNode
+    optim: SGDNode | DecoupledSGDNode | AdamNode | AdamWNode | MuonNode
     sched: ConstantNode | StepNode | CosineNode | OneCycleNode
     trainer: TrainerNode
     runtime: RuntimeNode

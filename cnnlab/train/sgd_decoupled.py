@@ -1,0 +1,47 @@
+"""SGD in airbench's decoupled parametrisation (KellerJordan/cifar10-airbench, airbench94.py), where the lr and the
+weight decay do not move with each other, the momentum or the batch size.
+
+airbench gives `lr` and `weight_decay` per 1024 images of a summed loss, both divided by how much nesterov momentum
+enlarges a step (1 + 1 / (1 - momentum)), and the decay as what each step takes off every weight whatever its
+group's lr. So airbench94's values (lr 11.5, weight decay 0.0153, momentum 0.85) keep their meaning at any batch
+size or momentum, and a group at 64x the lr (its BatchNorm biases) keeps the same decay. This class turns them into
+PyTorch SGD's for cnnlab's mean loss; the schedule then scales each group's lr (and the decay with it) as for any
+optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def pytorch_settings(lr: float, weight_decay: float, momentum: float, images_per_step: int) -> tuple[float, float]:
+    """PyTorch SGD's (lr, weight_decay) for a mean loss, from airbench's decoupled lr and weight decay."""
+    kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
+    step_lr = lr * images_per_step / kilostep_scale
+    decay_per_step = weight_decay * images_per_step / kilostep_scale
+    return step_lr, decay_per_step / step_lr
+
+
+class DecoupledSGD(torch.optim.SGD):
+    """torch.optim.SGD whose `lr` and `weight_decay` (and each parameter group's) are airbench's decoupled values;
+    `batch_size` x `accumulate` images make one step."""
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float, weight_decay: float = 0.0,
+                 momentum: float = 0.9, nesterov: bool = True, batch_size: int = 1024, accumulate: int = 1) -> None:
+        if lr <= 0 or weight_decay < 0 or not 0 <= momentum < 1 or batch_size < 1 or accumulate < 1:
+            raise ValueError(f"DecoupledSGD: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
+                             f"batch_size={batch_size}, accumulate={accumulate} out of range")
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+
+        def settings(group_lr: float, group_weight_decay: float) -> dict[str, float]:
+            step_lr, step_wd = pytorch_settings(group_lr, group_weight_decay, momentum, batch_size * accumulate)
+            return {"lr": step_lr, "weight_decay": step_wd}
+
+        groups = [{**g, **settings(g.get("lr", lr), g.get("weight_decay", weight_decay))} for g in groups]
+        super().__init__(groups, momentum=momentum, nesterov=nesterov, **settings(lr, weight_decay))
