@@ -19,11 +19,10 @@ from torch import Tensor
 
 
 def pytorch_settings(lr: float, weight_decay: float, momentum: float, images_per_step: int) -> tuple[float, float]:
-    """PyTorch SGD's (lr, weight_decay) for a mean loss, from airbench's decoupled lr and weight decay."""
+    """PyTorch SGD's (lr, weight_decay) for a mean loss, from airbench's decoupled lr and weight decay. Each step
+    takes off lr x weight_decay = airbench's weight_decay x images_per_step / kilostep_scale, whatever the lr."""
     kilostep_scale = 1024 * (1 + 1 / (1 - momentum))
-    step_lr = lr * images_per_step / kilostep_scale
-    decay_per_step = weight_decay * images_per_step / kilostep_scale
-    return step_lr, decay_per_step / step_lr
+    return lr * images_per_step / kilostep_scale, weight_decay / lr
 
 
 class DecoupledSGD(torch.optim.SGD):
