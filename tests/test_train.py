@@ -122,7 +122,7 @@ SCALE_BLIND = ["optim.lr=1e22", "optim.weight_decay=0", "trainer.param_groups=[{
 
 
 @pytest.mark.parametrize("case,what", [(["optim.lr=1e6"], "hold NaN or inf|the train loss is"),
-                                       (SCALE_BLIND, r"3 weight and buffer tensors hold NaN or inf "
+                                       (SCALE_BLIND, r"weight and buffer tensors hold NaN or inf "
                                                      r"\(features\.1\.running_var\)")],
                          ids=["nan-within-steps", "inf-batchnorm-finite-loss"])
 def test_divergence_stops_the_run_and_no_checkpoint_holds_nan_or_inf(tmp_path: Path, case: list[str],
