@@ -18,6 +18,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -75,20 +76,52 @@ def parse_overrides(lines: list[str]) -> dict[str, str]:
 
 
 def runs_from_dirs(dirs: list[Path]) -> list[Run]:
+    """Every run dir under `dirs`; a damaged one is skipped with one warning line that names its file."""
     runs = []
     for top in dirs:
         for metrics in sorted(top.rglob(RunDir(Path()).metrics.name), key=str):
             run_dir = RunDir(metrics.parent)
             if not run_dir.config.exists():
                 continue
-            overrides_file = run_dir.hydra / "overrides.yaml"
-            overrides = parse_overrides(yaml.safe_load(overrides_file.read_text()) or []) \
-                if overrides_file.exists() else None
-            summary = json.loads(run_dir.summary.read_text()) if run_dir.summary.exists() else {}
-            epochs = [r for r in read_metrics(metrics) if r.get("kind") == "epoch"]
-            runs.append(Run(str(run_dir.path), flatten(yaml.safe_load(run_dir.config.read_text())), overrides, epochs,
-                            summary))
+            try:
+                runs.append(read_run(run_dir))
+            except DamagedRun as e:
+                print(f"warning: skipping the run in {run_dir.path}: {e}", file=sys.stderr)
     return runs
+
+
+FIGURES = ("val_acc", "test_acc", "train_loss", "epoch_seconds", "images_per_second")  # what the table reads
+
+
+class DamagedRun(Exception):
+    """A run file that cannot be read, or holds what no run writes."""
+
+
+def read_run(run_dir: RunDir) -> Run:
+    def read(path: Path, parse: Any, kind: type) -> Any:
+        try:
+            value = parse(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+            raise DamagedRun(f"{path} cannot be read ({type(e).__name__})") from None
+        if not isinstance(value, kind):
+            raise DamagedRun(f"{path} holds a {type(value).__name__}, not a {kind.__name__}")
+        return value
+
+    overrides_file = run_dir.hydra / "overrides.yaml"
+    overrides = read(overrides_file, lambda t: yaml.safe_load(t) or [], list) if overrides_file.exists() else None
+    summary = read(run_dir.summary, json.loads, dict) if run_dir.summary.exists() else {}
+    epochs = [r for r in read_metrics(run_dir.metrics) if isinstance(r, dict) and r.get("kind") == "epoch"]
+    for record in epochs:
+        figures = [record[k] for k in FIGURES if k in record]
+        if not isinstance(record.get("epoch"), int) or "val_acc" in record and "test_acc" not in record or not all(
+                isinstance(v, int | float) and math.isfinite(v) for v in figures):
+            raise DamagedRun(f"{run_dir.metrics}: epoch record {str(record.get('epoch'))[:20]} lacks its epoch "
+                             "number, has val_acc without test_acc, or a figure that is not a finite number")
+    if not isinstance(summary.get("train_seconds", 0) or 0, int | float):
+        raise DamagedRun(f"{run_dir.summary}: train_seconds is not a number")
+    config = read(run_dir.config, yaml.safe_load, dict)
+    return Run(str(run_dir.path), flatten(config), parse_overrides([str(o) for o in overrides])
+               if overrides is not None else None, epochs, summary)
 
 
 def runs_from_wandb(path: str, group: str | None) -> list[Run]:
@@ -174,8 +207,12 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+MARKERS = "osD^vP*X<>"
+
+
 def plot(groups: dict[str, list[Run]], rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per metric, one line (mean, with a band over seeds, and markers) per row, the legend below."""
+    """One panel per metric (accuracies in percent); per row a line of the seeds' mean with its own colour and
+    marker, and the std over seeds as error bars, nudged sideways per row so that equal curves stay apart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,23 +220,26 @@ def plot(groups: dict[str, list[Run]], rows: list[dict[str, Any]], path: Path) -
 
     seen = {k for members in groups.values() for r in members for e in r.epochs for k in e}
     metrics = [(k, title) for k, title in METRICS if k in seen]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for row in rows:
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for i, row in enumerate(rows):
+        nudge = 0.5 * (i - (len(rows) - 1) / 2) / max(len(rows), 2)  # rows spread over half an epoch
+        style = dict(color=colours[i % len(colours)], marker=MARKERS[i % len(MARKERS)], markersize=5,
+                     capsize=2, linewidth=1.4, elinewidth=0.9, label=f"{row['config']} (n={row['n']})")
         for ax, (key, _) in zip(axes[0], metrics, strict=True):
+            scale = 100 if key.endswith("_acc") else 1
             by_epoch: dict[int, list[float]] = defaultdict(list)
             for run in groups[row["config"]]:
                 for e in run.epochs:
                     if key in e:
-                        by_epoch[e["epoch"]].append(e[key])
+                        by_epoch[e["epoch"]].append(scale * e[key])
             xs = sorted(by_epoch)
             means = [statistics.fmean(by_epoch[x]) for x in xs]
             stds = [statistics.stdev(by_epoch[x]) if len(by_epoch[x]) > 1 else 0.0 for x in xs]
-            (line,) = ax.plot(xs, means, marker="o", markersize=4 if len(xs) < 30 else 0,
-                              label=f"{row['config']} (n={row['n']})")
-            ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
-                            [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2)
-    for ax, (_, title) in zip(axes[0], metrics, strict=True):
-        ax.set(xlabel="epoch", title=f"{title} (mean ± std over seeds)")
+            ax.errorbar([x + nudge for x in xs], means, yerr=stds, markevery=max(1, len(xs) // 25), **style)
+    for ax, (key, title) in zip(axes[0], metrics, strict=True):
+        unit = " (%)" if key.endswith("_acc") else ""
+        ax.set(xlabel="epoch", ylabel=f"{title}{unit}", title=f"{title}: mean ± std over seeds")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     handles, names = axes[0][0].get_legend_handles_labels()
@@ -232,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(r['n'] for r in rows)} runs, {len(rows)} configs{differing}")
     print(as_text(rows), end="")
     out = args.out or (args.dirs[0] if args.dirs else Path("."))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: --out {out} cannot be a dir of results ({e.strerror}): give a dir", file=sys.stderr)
+        return 1
     (out / "compare.csv").write_text(as_csv(rows))
     (out / "compare.md").write_text(as_text(rows, markdown=True))
     plot(groups, rows, out / "compare.png")

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cnnlab import CnnlabError
-from cnnlab.train import distributed
+from cnnlab import PREEMPTION_SIGNAL, CnnlabError, Interrupted, distributed
 
 
 class Runtime:
@@ -147,20 +146,6 @@ def native_bf16(device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
-
-
-class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt: no `except Exception` may swallow it
-    """A run asked to stop by a signal; `status` says why and `exit_code` is the process's (128 + the signal)."""
-
-    def __init__(self, signum: int) -> None:
-        self.signum = signum
-        self.status = "preempted" if signum == PREEMPTION_SIGNAL else "interrupted"
-        self.exit_code = 128 + signum
-        self.then: Callable[[], None] | None = None  # what the signal's previous handler would have done
-        super().__init__(f"{self.status} by {signal.Signals(signum).name}")
-
-
-PREEMPTION_SIGNAL = signal.SIGUSR2  # submitit's: SLURM sends it before a preemption or the time limit
 
 
 class StopRequests:

@@ -6,10 +6,12 @@ Tiers: `pytest -m "not slow"` is the everyday tier (in-process, under a minute);
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,24 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
                 "HYDRA_FULL_ERROR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+REFERENCES = ROOT.parent / "shared" / "reference"
+
+
+def outside_reference(name: str) -> types.ModuleType:
+    """An outside project's code rebuilt as a test oracle (../shared/reference/<name>.py, never copied in here).
+    Missing, its proofs fail under CI (CI=true) and skip elsewhere, saying so."""
+    path = REFERENCES / f"{name}.py"
+    if not path.is_file():
+        message = f"the outside reference {path} is missing: ../shared/reference must sit beside the project"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    spec = importlib.util.spec_from_file_location(f"reference_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_cfg(*overrides: str, config_name: str = "config", hydra: bool = False) -> DictConfig:

@@ -19,7 +19,7 @@ from conftest import QUICK, ROOT, TINY, make_cfg, untimed
 from cnnlab import CnnlabError
 from cnnlab.atomic import FILE_MODE, atomic_save, atomic_write_text, remove_orphans
 from cnnlab.evaluate import evaluate
-from cnnlab.run import train
+from cnnlab.job import train
 from cnnlab.track.metrics import read_metrics
 from cnnlab.train import checkpoint
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
@@ -16,9 +18,11 @@ from conftest import CONF, make_cfg
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cnnlab import CnnlabError
 from cnnlab.config import ConfigError, validate, validate_evaluate
 from cnnlab.config import schema as S
 from cnnlab.config.check import LINKED, Length, Pattern, Range, target_of
+from cnnlab.job import train
 
 GROUPS = ["model", "optim", "sched", "dataset", "augment", "trainer", "runtime", "logger", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -116,7 +120,7 @@ def out_of_range(hint: Any) -> Any | None:
             if isinstance(extra, Length):
                 return [0.5] * (extra.n + 1)
             if isinstance(extra, Pattern):
-                return "%%% no match %%%"
+                return next(v for v in ("%%% no match %%%", "", "a\nb") if not re.fullmatch(extra.regex, v))
         return out_of_range(args[0])
     if origin is Literal:
         return "bogus"
@@ -165,6 +169,67 @@ RANGED = [leaf for leaf in LEAVES if out_of_range(leaf[2]) is not None]
 def test_every_bounded_leaf_key_refuses_a_value_out_of_range(name: str, key: str, hint: Any,
                                                              overrides: list[str]) -> None:
     assert_refused(overrides, key, out_of_range(hint))
+
+
+SPECIAL = (float("nan"), float("inf"), float("-inf"), 2**62, "", [])
+
+
+def special_values_accepted() -> list[tuple[str, str, Any, list[str]]]:
+    """(id, key, value, overrides) of each special value the schema lets through, for the probe below."""
+    accepted = []
+    for name, key, _, overrides in LEAVES:
+        for value in SPECIAL:
+            cfg = copy.deepcopy(composed(tuple(overrides)))
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, value, force_add=True)
+            try:
+                validate(cfg)
+            except ConfigError:
+                continue
+            accepted.append((f"{name}={value!r}", key, value, overrides))
+    return accepted
+
+
+@pytest.mark.parametrize("name,key,hint,overrides", LEAVES, ids=[leaf[0] for leaf in LEAVES])
+def test_every_leaf_key_refuses_special_values_in_one_line_or_takes_them(name: str, key: str, hint: Any,
+                                                                        overrides: list[str]) -> None:
+    """nan, inf, -inf, 2**62, "" and []: refused in one line that names the key, or allowed by its type (and then
+    probed by a real run below). No float key takes nan or inf."""
+    for value in SPECIAL:
+        cfg = copy.deepcopy(composed(tuple(overrides)))
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, value, force_add=True)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            assert "\n" not in str(e) and str(e).startswith((f"{key} is ", f"{key}[")), str(e)
+            continue
+        assert not (isinstance(value, float) and value != 2**62), f"{key} took {value}"
+
+
+ACCEPTED = special_values_accepted()
+# Keys that count steps, epochs or seconds: a huge value only makes the run longer (or never ending), so a run is
+# not probed with one.
+COUNTERS = ("trainer.", "runtime.ddp_timeout_s", "optim.batch_size", "optim.accumulate", "sched.warmup_epochs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,key,value,overrides", [a for a in ACCEPTED if not a[1].startswith(COUNTERS)],
+                         ids=[a[0] for a in ACCEPTED if not a[1].startswith(COUNTERS)])
+def test_a_special_value_the_schema_takes_trains_or_fails_in_one_line(name: str, key: str, value: Any,
+                                                                      overrides: list[str], tmp_path: Path) -> None:
+    data = [] if key.startswith("dataset.") else ["dataset=synthetic"]
+    if key.startswith("dataset.") and composed(tuple(overrides)).dataset.name != "synthetic":
+        pytest.skip("a real dataset's source: its empty strings are tried by tests/test_sources.py")
+    cfg = make_cfg(*overrides, *data, "dataset.source.train_size=256", "dataset.source.test_size=64", "logger=none",
+                   "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1",
+                   "data.batch_size=32")
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, value, force_add=True)
+    try:
+        train(cfg, tmp_path / "run")
+    except CnnlabError as e:
+        assert "\n" not in str(e)
 
 
 def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:

@@ -5,6 +5,7 @@ traceback (HYDRA_FULL_ERROR=1 brings it back: the last row)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import resource
@@ -12,6 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,9 +22,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, ROOT, SYNTH, TINY, make_cfg, snapshot, write_image_tree
+import yaml
+from conftest import QUICK, ROOT, SYNTH, TINY, epochs_of, make_cfg, snapshot, write_image_tree
 
-from cnnlab.run import train
+from cnnlab.job import train
 from cnnlab.track.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
@@ -37,7 +41,8 @@ class Fault:
     message: str  # a regex the last line of stderr must match
     module: str = "cnnlab.run"
     prepare: Callable[[Path], None] | None = None  # builds, in the launch dir, what the row needs
-    signal: int | None = None  # sent once training runs
+    signal: int | None = None  # sent to the process group once training runs (or once `signal_when` is printed)
+    signal_when: str | None = None
     file_limit: int | None = None  # RLIMIT_FSIZE in bytes: writes beyond it fail as on a full disk
     unchanged: bool = True  # the launch dir's files are byte-for-byte as before
     kept: str | None = None  # where the run may progress: a file that must stay byte-for-byte as it was
@@ -59,9 +64,83 @@ def text_file(launch: Path) -> None:
     (launch / "notes.pt").write_text("epoch 1 loss 2.3\n")
 
 
+def crafted(edit: Callable[[dict], None], name: str = "last.pt") -> Callable[[Path], None]:
+    """A finished run at run/, and its `name` edited into crafted.pt."""
+    def prepare(launch: Path) -> None:
+        finished_run(launch)
+        ckpt = torch.load(launch / "run" / name, weights_only=True)
+        edit(ckpt)
+        torch.save(ckpt, launch / "crafted.pt")
+    return prepare
+
+
+def finished_without_last(launch: Path) -> None:
+    finished_run(launch)
+    (launch / "run" / "last.pt").unlink()
+
+
+def cifar_claiming_checkpoint(launch: Path) -> None:
+    """A best.pt whose record says: CIFAR-10, downloaded from a planted archive into victim/. This machine's own
+    CIFAR-10 (a miniature, in data/) has other class names, so evaluate ends in one line, having touched nothing."""
+    from test_sources import write_cifar_archive
+
+    from cnnlab.data.sources import Cifar
+
+    (launch / "victim").mkdir()
+    with tarfile.open(launch / "evil.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo(".bashrc")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"pwned"))
+    write_cifar_archive(launch / "data" / "cifar10")
+    Cifar(str(launch / "data" / "cifar10")).load()
+
+    def claim(ckpt: dict) -> None:
+        for node in (ckpt["config"]["dataset"], ckpt["config"]["data"]["dataset"]):
+            node.update(name="cifar10", root=str(launch / "victim"), source={
+                "_target_": "cnnlab.data.sources.Cifar", "root": str(launch / "victim"), "variant": "cifar10",
+                "download": True, "url": f"file://{launch / 'evil.tar.gz'}", "md5": None, "png_fallback": None})
+    crafted(claim, "best.pt")(launch)
+
+
+def image_tree(per_class: int = 10, classes: int = 3) -> Callable[[Path], None]:
+    return lambda launch: write_image_tree(launch / "tree", {"train": per_class, "test": 5}, classes) and None
+
+
+def bomb_in_tree(launch: Path) -> None:
+    from test_sources import png_header_only
+
+    image_tree()(launch)
+    png_header_only(launch / "tree" / "train" / "c0" / "bomb.png", 16000, 16000)
+
+
+def empty_class_in_tree(launch: Path) -> None:
+    image_tree()(launch)
+    (launch / "tree" / "train" / "c9").mkdir()
+
+
+def damaged_run(damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    def prepare(launch: Path) -> None:
+        finished_run(launch)
+        damage(launch / "run")
+    return prepare
+
+
+def set_progress(**values: object) -> Callable[[dict], None]:
+    return lambda ckpt: ckpt["progress"].update(values)
+
+
+def first_adam_state(edit: Callable[[dict], None]) -> Callable[[dict], None]:
+    return lambda ckpt: edit(ckpt["optimizer"]["state"][0])
+
+
+RESUME_CRAFTED = [*QUICK, "trainer.resume=crafted.pt", "trainer.epochs=2"]
+IMAGE_FOLDER = [*TINY, "logger=none", "dataset=imagefolder", "dataset.root=tree", "trainer.epochs=1"]
+
+
 FAULTS = [
     Fault("a config its group lacks", ["model=vgg61"], 1,
-          r"^error: model=vgg61 is not a config of model; allowed: airbench94, resnet18, .*, vgg16, .*vgg_compact$"),
+          r"^error: model=vgg61 is not a config of model; allowed: airbench94, airbench94_muon, resnet18, .*, vgg16, "
+          r".*vgg_compact$"),
     Fault("a config its group lacks, in a sweep", ["-m", "model=vgg16,vgg61"], 1,
           r"^error: model=vgg61 is not a config of model; allowed: airbench94, "),
     Fault("a config its group lacks, in a list", ["optim=[sgd,a]"], 1,
@@ -107,7 +186,7 @@ FAULTS = [
     Fault("label smoothing above 1", [*QUICK, "trainer.label_smoothing=1.5"], 1,
           r"^error: trainer\.label_smoothing is 1\.5; allowed: a number >= 0 and < 1$"),
     Fault("a negative crop padding", [*QUICK, "augment.crop_padding=-2"], 1,
-          r"^error: augment\.crop_padding is -2; allowed: an integer >= 0$"),
+          r"^error: augment\.crop_padding is -2; allowed: an integer >= 0 and <= 1024$"),
     Fault("a device this machine lacks", [*QUICK, "runtime.device=cuda:7"], 1,
           r"^error: runtime\.device is 'cuda:7' but (no CUDA device is available here|this machine has)"),
     Fault("a class count the data disagrees with", [*TINY, "logger=none", "dataset=imagefolder", "dataset.root=tree",
@@ -138,6 +217,148 @@ FAULTS = [
           r"^error: 1 of 2 jobs failed; the first, .*optim\.lr=1000000000000\.0: training diverged at epoch 1, "
           r"step \d+",
           unchanged=False),
+    # ---- a checkpoint describes a model, never a place
+    Fault("a checkpoint that names a download into any dir", ["checkpoint=crafted.pt"], 1,
+          r"^error: checkpoint crafted\.pt was trained on classes \['class0', .* the data has \['n0', ",
+          module="cnnlab.evaluate", prepare=cifar_claiming_checkpoint),
+    Fault("a directory given as a checkpoint", ["checkpoint=run"], 1,
+          r"^error: checkpoint run is a directory: give a checkpoint file, such as run/best\.pt or run/last\.pt$",
+          module="cnnlab.evaluate", prepare=finished_run),
+    Fault("dataset_root on a synthetic checkpoint", ["checkpoint=run/best.pt", "dataset_root=tree"], 1,
+          r"^error: dataset_root is set, but checkpoint run/best\.pt was trained on synthetic data, which is "
+          r"generated, not read from a dir: leave dataset_root out$", module="cnnlab.evaluate", prepare=finished_run),
+    Fault("evaluate with NaN weights", ["checkpoint=crafted.pt"], 1,
+          r"^error: checkpoint crafted\.pt holds NaN or inf in 1 tensors \(model\.features\.0\.weight\)",
+          module="cnnlab.evaluate", prepare=crafted(lambda c: c["model"]["features.0.weight"].fill_(float("nan")),
+                                                    "best.pt")),
+    Fault("evaluate with int64 weights", ["checkpoint=crafted.pt"], 1,
+          r"^error: checkpoint crafted\.pt does not fit the configured model: 'model\.features\.0\.weight' is "
+          r"torch\.int64 \(16, 3, 3, 3\), the model's is torch\.float32", module="cnnlab.evaluate",
+          prepare=crafted(lambda c: c["model"].update({"features.0.weight": c["model"]["features.0.weight"].long()}),
+                          "best.pt")),
+    Fault("evaluate with complex weights", ["checkpoint=crafted.pt"], 1,
+          r"^error: checkpoint crafted\.pt does not fit the configured model: 'model\.features\.0\.weight' is "
+          r"torch\.complex64", module="cnnlab.evaluate",
+          prepare=crafted(lambda c: c["model"].update({"features.0.weight": c["model"]["features.0.weight"].cfloat()}),
+                          "best.pt")),
+    Fault("a W&B id that is not one", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'wandb_id' is '\.\./\.\./x y'; allowed: 1-64 letters, digits",
+          prepare=crafted(lambda c: c.update(wandb_id="../../x y"))),
+    # ---- every checkpoint field checked as data
+    Fault("a negative epoch", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.epoch' is -3; allowed: an integer >= 1 and <= 2\*\*53$",
+          prepare=crafted(set_progress(epoch=-3))),
+    Fault("a batch past the epoch", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.batch' is 1000000, past the 8 batches of an epoch",
+          prepare=crafted(set_progress(batch=10**6))),
+    Fault("a negative batch", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.batch' is -1; allowed: an integer >= 0",
+          prepare=crafted(set_progress(batch=-1))),
+    Fault("a step count its epochs do not imply", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.step' is 3, but epoch 2 at batch 0 means 8 steps$",
+          prepare=crafted(set_progress(step=3))),
+    Fault("a negative step count", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.step' is -1000000; allowed: an integer >= 0",
+          prepare=crafted(set_progress(step=-10**6))),
+    Fault("a NaN best validation accuracy", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: entry 'progress\.best_val_acc' is nan; allowed: a fraction from 0 to 1",
+          prepare=crafted(set_progress(best_val_acc=float("nan")))),
+    Fault("optimizer state of the wrong shape", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: its optimizer state 'exp_avg' of parameter 0 is torch\.float32 \(2,\), "
+          r"the parameter is torch\.float32 \(16, 3, 3, 3\)$",
+          prepare=crafted(first_adam_state(lambda st: st.update(exp_avg=torch.zeros(2))))),
+    Fault("NaN in the optimizer state", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: its optimizer state 'exp_avg_sq' of parameter 0 holds NaN or inf: resume "
+          r"from an earlier checkpoint$",
+          prepare=crafted(first_adam_state(lambda st: st["exp_avg_sq"].fill_(float("nan"))))),
+    Fault("a NaN learning rate in the optimizer state", RESUME_CRAFTED, 1,
+          r"^error: checkpoint crafted\.pt: its optimizer's lr is nan; allowed: finite numbers$",
+          prepare=crafted(lambda c: c["optimizer"]["param_groups"][0].update(lr=float("nan")))),
+    # ---- a run dir has one owner, and no path the user made is deleted
+    Fault("a run dir that holds a finished run without last.pt", [*QUICK, "hydra.run.dir=run"], 1,
+          r"^error: run dir .*/run already holds a finished run's best\.pt \(and no last\.pt to continue\): pick "
+          r"another hydra\.run\.dir$", prepare=finished_without_last),
+    Fault("resume=auto into an empty dir the user made", [*QUICK, "hydra.run.dir=mine", "trainer.resume=auto"], 1,
+          r"^error: trainer\.resume=auto but there is nothing to resume: no last\.pt in .*/mine",
+          prepare=lambda launch: (launch / "mine").mkdir()),
+    Fault("a refused value with hydra.job.chdir=true", [*QUICK, "hydra.job.chdir=true", "trainer.grad_clip=-1"], 1,
+          r"^error: trainer\.grad_clip is -1; allowed: a number > 0 or null$"),
+    # ---- resume is explicit about changes
+    Fault("resume with another lr", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto", "trainer.epochs=2",
+                                     "optim.lr=0.5"], 1,
+          r"^error: checkpoint .*run/last\.pt was trained with other values: optim\.lr: 0\.001 -> 0\.5; resume with "
+          r"the checkpoint's values, or add trainer\.resume_changes=allow to train on with this run's$",
+          prepare=finished_run),
+    Fault("resume with another batch size and data", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto",
+                                                      "trainer.epochs=2", "data.batch_size=32",
+                                                      "dataset.source.noise=10"], 1,
+          r"^error: checkpoint .*run/last\.pt was trained with other values: data\.batch_size: 64 -> 32, "
+          r"dataset\.source\.noise: 48\.0 -> 10; resume with",
+          prepare=finished_run),
+    # ---- bounds instead of crashes
+    Fault("more decoding workers than CPUs", [*IMAGE_FOLDER, "dataset.source.workers=48"], 1,
+          r"^error: dataset\.source\.workers is 48; allowed: 1 to \d+ \(this machine's CPUs\), or null",
+          prepare=image_tree()),
+    Fault("more loader workers than CPUs", [*QUICK, "data.num_workers=48"], 1,
+          r"^error: data\.num_workers is 48; allowed: 0 to \d+ \(this machine's CPUs\)$"),
+    Fault("a synthetic task of 1e8 images", [*QUICK, "dataset.source.train_size=100000000"], 1,
+          r"^error: dataset\.source\.train_size is 100000000; allowed: an integer >= 1 and <= 10000000$"),
+    Fault("an image size of 30000", [*QUICK, "dataset.source.image_size=30000"], 1,
+          r"^error: dataset\.source\.image_size is 30000; allowed: an integer >= 1 and <= 1024$"),
+    Fault("a synthetic task too big for memory", [*QUICK, "dataset.source.train_size=10000000",
+                                                  "dataset.source.image_size=1024"], 1,
+          r"^error: dataset\.source\.train_size \+ test_size at image_size 1024 .* need about [\d.]+ GiB of memory"),
+    Fault("a 16000x16000 PNG in an image folder", IMAGE_FOLDER, 1,
+          r"^error: image .*bomb\.png has more than 89,478,485 pixels \(PIL's limit against decompression bombs\)",
+          prepare=bomb_in_tree),
+    # ---- no traceback for any value of any key
+    Fault("an infinite warmup", [*QUICK, "sched=cosine", "sched.warmup_epochs=inf"], 1,
+          r"^error: sched\.warmup_epochs is inf; allowed: a number >= 0$"),
+    Fault("a seed of 2**62", [*QUICK, f"seed={2**62}"], 1,
+          r"^error: seed is 4611686018427387904; allowed: an integer >= 0 and <= 4294967295$"),
+    Fault("an infinite W&B timeout", [*TINY, *SYNTH, "logger.init_timeout=inf"], 1,
+          r"^error: logger\.init_timeout is inf; allowed: a number > 0 and <= 3600$"),
+    Fault("a W&B project with a slash", [*TINY, *SYNTH, "logger.project=a/b"], 1,
+          r"^error: logger\.project is 'a/b'; allowed: a string \(1-128 characters, none of "),
+    Fault("a 300-character W&B tag", [*TINY, *SYNTH, f"logger.tags=[{'t' * 300}]"], 1,
+          r"^error: logger\.tags\[0\] is 't{300}'; allowed: a string \(1-64 characters on one line\)$"),
+    Fault("a last batch of 1 image reaching BatchNorm1d", [*QUICK, "model.classifier_hidden=[32]",
+                                                           "model.classifier_batch_norm=true", "data.batch_size=20"], 1,
+          r"^error: the training split's last batch holds 1 image, which BatchNorm1d cannot normalise: set "
+          r"augment\.drop_last=true"),
+    Fault("a key that interpolates itself", [*QUICK, "trainer.epochs=${trainer.epochs}"], 1,
+          r"^error: cannot resolve trainer\.epochs: Recursive interpolation detected$"),
+    Fault("a path as a group's choice", [*QUICK, "model=../experiment/cpu_fast"], 1,
+          r"^error: model=\.\./experiment/cpu_fast is not a config of model; allowed: airbench94, "),
+    # ---- empty classes and non-finite values
+    Fault("an empty class dir", IMAGE_FOLDER, 1,
+          r"^error: dataset\.root: the class dir .*tree/train/c9 holds no images", prepare=empty_class_in_tree),
+    Fault("an infinite mixup", [*QUICK, "trainer.mixup=inf"], 1,
+          r"^error: trainer\.mixup is inf; allowed: a number >= 0$"),
+    Fault("an infinite std", [*QUICK, "dataset.std=[inf,1,1]"], 1,
+          r"^error: dataset\.std(\[0\])? is .*inf.*; allowed: "),
+    # ---- cnnlab.compare on damaged run dirs: one warning line each, then on
+    Fault("compare on a half-written summary.json", ["run"], 1, r"^error: no finished runs with test accuracy",
+          module="cnnlab.compare", prepare=damaged_run(lambda r: r.joinpath("summary.json").write_text('{"best'))),
+    Fault("compare on a config that is not YAML", ["run"], 1, r"^error: no finished runs with test accuracy",
+          module="cnnlab.compare",
+          prepare=damaged_run(lambda r: r.joinpath("config_resolved.yaml").write_text(":\n-["))),
+    Fault("compare on an epoch record without test_acc", ["run"], 1, r"^error: no finished runs with test accuracy",
+          module="cnnlab.compare",
+          prepare=damaged_run(lambda r: r.joinpath("metrics.jsonl").open("a").write(
+              '{"kind": "epoch", "epoch": 2, "val_acc": 0.5}\n'))),
+    Fault("compare on a NaN val_acc", ["run"], 1, r"^error: no finished runs with test accuracy",
+          module="cnnlab.compare",
+          prepare=damaged_run(lambda r: r.joinpath("metrics.jsonl").open("a").write(
+              '{"kind": "epoch", "epoch": 2, "val_acc": NaN, "test_acc": 0.5}\n'))),
+    Fault("compare with --out naming a file", ["run", "--out", "notes.pt"], 1,
+          r"^error: --out notes\.pt cannot be a dir of results \(File exists\): give a dir$", module="cnnlab.compare",
+          prepare=lambda launch: text_file(launch) or finished_run(launch)),
+    # ---- Ctrl-C and SIGTERM end every phase
+    Fault("Ctrl-C during the first decode of an image folder", IMAGE_FOLDER, 130, r"^interrupted by SIGINT$",
+          prepare=image_tree(per_class=1500), signal=signal.SIGINT, signal_when="decoding the"),
+    Fault("SIGTERM during the first decode of an image folder", IMAGE_FOLDER, 143, r"^interrupted by SIGTERM$",
+          prepare=image_tree(per_class=1500), signal=signal.SIGTERM, signal_when="decoding the"),
     Fault("Ctrl-C", [*LONG, "hydra.run.dir=run"], 130,
           r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto "
           r"hydra\.run\.dir=.*run$", signal=signal.SIGINT, unchanged=False),
@@ -174,17 +395,29 @@ def launch(fault: Fault, cwd: Path, env: dict[str, str]) -> subprocess.Completed
         resource.setrlimit(resource.RLIMIT_FSIZE, (fault.file_limit, fault.file_limit))
 
     cmd = [sys.executable, "-m", fault.module, *fault.args]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=limit if fault.file_limit else None)
-    if fault.signal is not None:
-        metrics = cwd / "run" / "metrics.jsonl"
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline and not (
-                metrics.exists() and any(r["kind"] == "step" and r["step"] >= 3 for r in read_metrics(metrics))):
-            time.sleep(0.01)
-        proc.send_signal(fault.signal)
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    with tempfile.TemporaryDirectory() as logs:  # outside the launch dir, which must stay as it was
+        out, err = Path(logs) / "out", Path(logs) / "err"
+        with out.open("w") as stdout, err.open("w") as stderr:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True,
+                                    preexec_fn=limit if fault.file_limit else None)
+            if fault.signal is not None:
+                deadline = time.monotonic() + 120
+                while proc.poll() is None and time.monotonic() < deadline and not ready(fault, cwd, out, err):
+                    time.sleep(0.01)
+                os.killpg(proc.pid, fault.signal)  # as a terminal's Ctrl-C: the whole process group
+            try:
+                proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text())
+
+
+def ready(fault: Fault, cwd: Path, out: Path, err: Path) -> bool:
+    if fault.signal_when is not None:
+        return fault.signal_when in out.read_text() + err.read_text()
+    metrics = cwd / "run" / "metrics.jsonl"
+    return metrics.exists() and any(r["kind"] == "step" and r["step"] >= 3 for r in read_metrics(metrics))
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
@@ -257,3 +490,33 @@ def test_an_unwritable_cache_dir_still_trains(tmp_path: Path) -> None:
                              env={**os.environ, "PYTHONPATH": str(ROOT), "CNNLAB_CACHE_DIR": str(cache)}, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "image cache not written" in res.stdout + res.stderr and not list(cache.iterdir())
+
+
+def test_two_runs_started_at_once_into_one_dir_leave_one_runs_records(tmp_path: Path) -> None:
+    """(Seen to fail: without RunDir.held's lock, both exit 0 and only the second seed's records remain.)"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-m", "cnnlab.run", *QUICK, "trainer.epochs=3", "hydra.run.dir=run",
+                               f"seed={seed}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for seed in (1, 2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    winner = next(seed for seed, (code, _) in zip((1, 2), results, strict=True) if code == 0)
+    refused = next(err for code, err in results if code == 1).strip().splitlines()[-1]
+    assert re.search(r"^error: run dir .*/run (is in use by another live run|already holds last\.pt)", refused)
+    recorded = yaml.safe_load((tmp_path / "run" / "config_resolved.yaml").read_text())
+    assert recorded["seed"] == winner and len(epochs_of(tmp_path / "run")) == 3
+
+
+def test_resume_changes_allow_trains_on_with_the_new_values_and_records_them(tmp_path: Path) -> None:
+    finished_run(tmp_path)
+    train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.resume=auto", "trainer.resume_changes=allow", "optim.lr=0.5",
+                   "optim.weight_decay=0.01"), tmp_path / "run")
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert {r["lr"] for r in records if r["epoch"] == 1} == {0.001} and {r["lr"] for r in records if r["epoch"] == 2} \
+        == {0.5}
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == 0.5 and ckpt["optimizer"]["param_groups"][0][
+        "weight_decay"] == 0.01
+    recorded = yaml.safe_load((tmp_path / "run" / "config_resolved.yaml").read_text())
+    assert recorded["optim"]["lr"] == 0.5 and ckpt["config"]["optim"]["lr"] == 0.5

@@ -5,6 +5,7 @@ and the user's own configs beside the packaged ones."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -41,14 +42,26 @@ def installed(site: Path, script: str, *args: str, cwd: Path, env: dict | None =
 
 def test_the_wheel_carries_its_configs_and_runs_from_anywhere(site: Path, tmp_path: Path) -> None:
     assert (site / "cnnlab" / "conf" / "config.yaml").is_file()
-    assert (site / "hydra_plugins" / "cnnlab_sweeper.py").is_file()
+    assert not (site / "hydra_plugins").exists()  # cnnlab adds no Hydra plugin: it uses callbacks
     where = subprocess.run([sys.executable, "-c", "import cnnlab; print(cnnlab.__file__, cnnlab.CONF_DIR)"],
                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
     assert where.stdout.split() == [str(site / "cnnlab" / "__init__.py"), str(site / "cnnlab" / "conf")]
-    res = installed(site, "cnnlab-run", *RUN, cwd=tmp_path)
+    assert (site / "cnnlab" / "sweeps" / "wandb_lr_wd.yaml").is_file()  # the W&B sweep definitions ship
+    project = tmp_path / "project"  # the user's own project, a git repo: the run records its commit
+    project.mkdir()
+    for git in (["init", "-q"], ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "--allow-empty",
+                                 "-m", "start"]):
+        subprocess.run(["git", *git], cwd=project, check=True)
+    res = installed(site, "cnnlab-run", *RUN, cwd=project)
     assert res.returncode == 0, res.stderr[-3000:]
-    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()  # output goes to ./outputs of the launch dir
+    (run_dir,) = (project / "outputs" / "runs").iterdir()  # output goes to ./outputs of the launch dir
     assert (run_dir / "best.pt").exists() and (run_dir / "summary.json").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert summary["git_commit"] == head and summary["git_dirty"] is False  # outputs/ is untracked
+    assert summary["cnnlab_version"] and summary["cnnlab_git_commit"] is None  # an installed cnnlab: no checkout
+    version = installed(site, "cnnlab-run", "--version", cwd=tmp_path)
+    assert version.stdout.strip() == f"cnnlab {summary['cnnlab_version']}"
     evaluated = installed(site, "cnnlab-evaluate", f"checkpoint={run_dir / 'best.pt'}", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 

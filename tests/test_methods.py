@@ -11,11 +11,12 @@ import pytest
 import torch
 from conftest import QUICK, SYNTH, TINY, epochs_of, make_cfg, untimed
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import nn
 
 from cnnlab.data.loader import TensorLoader
+from cnnlab.job import train
 from cnnlab.models.layers import Whitening
-from cnnlab.run import train
 from cnnlab.runtime import Runtime
 from cnnlab.train import checkpoint
 from cnnlab.train.ema import EmaSchedule, WeightAverage
@@ -123,10 +124,26 @@ def test_the_muon_recipe_groups_biases_head_and_filters() -> None:
     # airbench94_muon's values (batch 2000, summed loss) in cnnlab's mean-loss terms
     assert groups[0]["lr"] == pytest.approx(0.053 * 2000, rel=1e-4)
     assert groups[0]["lr"] * groups[0]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
-    assert groups[1]["lr"] == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=1e-4)
+    assert groups[1]["lr"] == pytest.approx(0.67 * 2000, rel=1e-4)
     assert groups[1]["lr"] * groups[1]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
     assert cfg.trainer.ema.every == 0 and (cfg.trainer.epochs, cfg.data.batch_size) == (8, 2000)
-    assert make_cfg("experiment=cpu_fast") == cfg  # the CPU recipe is this one as it is
+
+
+def test_cpu_fast_is_airbench94_muon_but_for_the_differences_its_header_lists() -> None:
+    muon, cpu = make_cfg("experiment=airbench94_muon"), make_cfg("experiment=cpu_fast")
+    assert cpu.model == make_cfg("model=airbench94").model  # airbench94's head: default init, logits x 1/9
+    head = cpu.trainer.param_groups[1]
+    assert head.lr_scale * cpu.optim.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=1e-4)  # the same steps
+    decay = head.lr_scale * head.weight_decay_scale * cpu.optim.lr * cpu.optim.weight_decay
+    assert decay == pytest.approx(4e-3, rel=1e-3)  # what each step takes off the head
+    assert cpu.optim.ns_dtype == "fp32" and muon.optim.ns_dtype == "bf16"
+    for key in ("optim", "trainer", "sched", "data", "dataset", "augment"):
+        mine, theirs = OmegaConf.to_container(cpu[key]), OmegaConf.to_container(muon[key])
+        if key == "optim":
+            mine.pop("ns_dtype"), theirs.pop("ns_dtype")
+        if key == "trainer":
+            mine["param_groups"].pop(1), theirs["param_groups"].pop(1)
+        assert mine == theirs, key
 
 
 @pytest.mark.parametrize("batch_size,accumulate", [(1024, 1), (256, 4), (500, 1)])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_CIFAR10, epochs_of, make_cfg
 
-from cnnlab.run import train
+from cnnlab.job import train
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (SHARED_CIFAR10 / "train").is_dir(), reason="no ../shared/data/cifar10")]

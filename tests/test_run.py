@@ -14,12 +14,27 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SYNTH, TINY, epochs_of, history, job_dirs, run_cli, untimed, wandb_inspect, wandb_run
 
+import cnnlab
 from cnnlab.track.metrics import read_metrics
 from cnnlab.train import checkpoint
 
 pytestmark = pytest.mark.slow
 
 FAST = [*TINY, *SYNTH, "trainer.epochs=2", "trainer.log_every=4"]
+
+
+def checkout_commit() -> str | None:
+    """The commit of the checkout these tests run from, or None (a copy of the tree outside git)."""
+    if not (ROOT / ".git").exists():
+        return None
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def test_version_names_cnnlab_and_its_commit(tmp_path: Path) -> None:
+    res = run_cli("--version", cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith(f"cnnlab {cnnlab.__version__}")
+    commit = checkout_commit()
+    assert (f"(git {commit[:12]}" in res.stdout) if commit else res.stdout.strip() == f"cnnlab {cnnlab.__version__}"
 
 
 def test_multirun_gives_one_run_dir_and_one_finished_wandb_run_per_job(tmp_path: Path) -> None:
@@ -43,6 +58,11 @@ def test_multirun_gives_one_run_dir_and_one_finished_wandb_run_per_job(tmp_path:
         assert [h["_step"] for h in history(w) if "epoch" in h] == [e["step"] for e in epochs]
         config = w["config"]
         assert config["dataset"]["num_classes"] == 10 and "${" not in json.dumps(config)
+        assert "dataset" not in config["data"] and "augment" not in config["data"]  # each node once
+        origin = {k: summary[k] for k in ("cnnlab_version", "git_commit", "git_dirty", "cnnlab_git_commit")}
+        assert origin == {"cnnlab_version": cnnlab.__version__, "git_commit": None, "git_dirty": None,
+                          "cnnlab_git_commit": checkout_commit()}  # launched outside a repo, from this checkout
+        assert config["provenance"]["cnnlab_version"] == cnnlab.__version__ and len(w["name"]) <= 96
         lrs.append(config["optim"]["lr"])
         assert f"optim.lr={config['optim']['lr']}" in w["name"]
         assert any(r.get("type") == "artifact" and r["artifact"]["type"] == "model" for r in w["records"])

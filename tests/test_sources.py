@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
 import os
 import pickle
 import socket
@@ -248,3 +249,89 @@ def test_an_unwritable_cache_dir_costs_a_warning_not_the_run(tmp_path: Path, cap
     data = ImageFolder(str(root)).load(str(blocker))
     assert data.train_x.shape[0] == 15
     assert "image cache not written" in caplog.text and blocker.read_text().startswith("a file")
+
+
+def test_empty_url_md5_and_fallback_strings_fail_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(CnnlabError, match=r"^CIFAR-10 is not in .* and the download from  failed: "):
+        Cifar(str(tmp_path / "data"), url="", md5="", png_fallback="").load()
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_local_archive_with_the_wrong_md5_is_refused_and_kept(tmp_path: Path) -> None:
+    write_cifar_archive(tmp_path)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    before = archive.read_bytes()
+    with pytest.raises(CnnlabError, match=r"^archive .*cifar-10-python\.tar\.gz has md5 [0-9a-f]{32}, expected "
+                                          r"0{32} \(dataset\.source\.md5\): remove it to download it again$"):
+        Cifar(str(tmp_path), md5="0" * 32).load()
+    assert archive.read_bytes() == before and not (tmp_path / "cifar-10-batches-py").exists()
+    Cifar(str(tmp_path), md5=hashlib.md5(before).hexdigest()).load()  # the right md5 extracts it
+
+
+@pytest.mark.parametrize("member", ["../escaped", "/tmp/cnnlab-absolute-member", "link"])
+def test_an_archive_member_that_leaves_the_data_dir_is_refused(tmp_path: Path, member: str) -> None:
+    """(Seen to fail: with tar.extractall(filter="fully_trusted"), ../escaped lands beside the data dir.)"""
+    root = tmp_path / "data"
+    root.mkdir()
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, str(tmp_path / "outside")
+            tar.addfile(info)
+        else:
+            payload = b"pwned\n"
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(CnnlabError, match=r"^cannot extract .*cifar-10-python\.tar\.gz: "):
+        Cifar(str(root), download=False).load()
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/cnnlab-absolute-member").exists()
+    assert not (root / "link").exists()
+
+
+def test_a_poisoned_cache_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = write_image_tree(tmp_path / "tree", {"train": 4, "test": 2})
+    cache = tmp_path / "cache"
+    good = ImageFolder(str(root)).load(str(cache))
+    (entry,) = cache.glob("imagefolder-*.pt")
+    poisoned = {k: v for k, v in vars(good).items() if k != "description"}
+    poisoned["train_x"] = torch.rand(12, 3, 16, 16)  # float, 16x16: not what this source decodes
+    torch.save(poisoned, entry)
+    again = ImageFolder(str(root)).load(str(cache))
+    assert again.train_x.dtype == torch.uint8 and torch.equal(again.train_x, good.train_x)
+    assert "does not match" in caplog.text
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims `width` x `height` pixels in a few bytes (what a decompression bomb looks like to PIL)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 4))
+                     + chunk(b"IEND", b""))
+
+
+def test_an_image_past_pils_bomb_limit_is_one_line(tmp_path: Path) -> None:
+    root = write_image_tree(tmp_path / "tree", {"train": 2, "test": 2})
+    png_header_only(root / "train" / "c0" / "bomb.png", 16000, 16000)
+    with pytest.raises(CnnlabError, match=r"^image .*bomb\.png has more than 89,478,485 pixels \(PIL's limit"):
+        ImageFolder(str(root)).load()
+
+
+def test_an_empty_class_dir_and_too_many_workers_are_one_line(tmp_path: Path) -> None:
+    root = write_image_tree(tmp_path / "tree", {"train": 2, "test": 2})
+    (root / "train" / "c9").mkdir()
+    (root / "test" / "c9").mkdir()
+    with pytest.raises(CnnlabError, match=r"^dataset\.root: the class dir .*train/c9 holds no images"):
+        ImageFolder(str(root)).load()
+    with pytest.raises(CnnlabError, match=r"^dataset\.source\.workers is 4096; allowed: 1 to \d+ \(this machine's"):
+        ImageFolder(str(root), workers=4096)
+
+
+def test_a_synthetic_task_too_big_for_memory_is_refused_before_allocating() -> None:
+    with pytest.raises(CnnlabError, match=r"^dataset\.source\.train_size \+ test_size at image_size 1024 .* need "
+                                          r"about [\d.]+ GiB of memory, more than the [\d.]+ GiB"):
+        Synthetic(train_size=10_000_000, image_size=1024).load()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from conftest import QUICK, ROOT, SYNTH, TINY, job_dirs, make_cfg, run_cli, untimed, wandb_run
 
+import cnnlab
 from cnnlab.compare import main as compare_main
 from cnnlab.config import validate
 from cnnlab.track.metrics import read_metrics
@@ -69,7 +70,7 @@ def epochs(job: Path) -> list[dict]:
 
 def test_compare_falls_back_to_the_resolved_config_without_hydras_record(tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
-    from cnnlab.run import train
+    from cnnlab.job import train
 
     for seed in (0, 1):
         for lr in ("1e-3", "3e-3"):
@@ -86,6 +87,9 @@ def test_a_failed_job_is_reported_and_its_neighbours_are_intact(tmp_path: Path) 
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 jobs failed; the first, ")
     good, bad = job_dirs(tmp_path)
+    jobs = [json.loads(line) for line in (good.parent / "jobs.jsonl").read_text().splitlines()]
+    assert [job["status"] for job in jobs] == ["finished", "failed"]
+    assert jobs[1]["error"].startswith("training diverged") and "optim.lr=1000000000000.0" in jobs[1]["overrides"]
     assert wandb_run(good)["state"] == "finished" and wandb_run(good)["exit_code"] == 0
     assert json.loads((good / "summary.json").read_text())["status"] == "finished"
     assert wandb_run(bad)["exit_code"] == 1 and wandb_run(bad)["summary"]["status"] == "failed"
@@ -126,7 +130,9 @@ def test_an_optuna_study_with_diverging_trials_records_every_trial(tmp_path: Pat
     assert len(failed) >= 2 and all(s == optuna.trial.TrialState.FAIL for s in failed)
     assert all(s == optuna.trial.TrialState.COMPLETE and 0 <= t.value <= 1 for (lr, s), t in
                zip(states, study.trials, strict=True) if lr != 1e12)
-    assert "Failed experiment: error: training diverged" in first.stdout + first.stderr
+    assert "error: training diverged" in first.stdout + first.stderr
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) == 6 and sum(job["status"] == "failed" for job in jobs) == len(failed)
 
 
 def test_optuna_studies_are_named_per_search_and_resume(tmp_path: Path) -> None:
@@ -216,7 +222,7 @@ def wandb_run_all(run_dir: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- W&B sweeps
-SWEEP = yaml.safe_load((ROOT / "sweeps" / "wandb_lr_wd.yaml").read_text())
+SWEEP = yaml.safe_load((cnnlab.SWEEPS / "wandb_lr_wd.yaml").read_text())
 
 
 def test_the_wandb_sweep_definition_runs_cnnlab_with_the_agents_values() -> None:
@@ -243,3 +249,22 @@ def test_a_run_under_wandb_agent_joins_the_agents_run_and_sweep(tmp_path: Path) 
     assert (config["optim"]["lr"], config["optim"]["weight_decay"], config["trainer"]["label_smoothing"]) == \
         (0.003, 1e-4, 0.05)
     assert w["summary"]["best_val_acc"] > 0
+
+
+def test_no_sweeper_is_imposed() -> None:
+    """(Seen to fail: conf/config.yaml setting hydra.sweeper._target_, which beat any sweeper chosen.)"""
+    assert make_cfg(hydra=True).hydra.sweeper._target_ == "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("sweeper,args", [("basic", ["seed=0,1"]),
+                                          ("optuna", ["hydra.sweeper.n_trials=2", "optim.lr=interval(1e-4,1e-2)"])])
+def test_a_sweeper_chosen_on_the_command_line_runs_its_jobs(tmp_path: Path, sweeper: str, args: list[str]) -> None:
+    if sweeper == "optuna":
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    res = run_cli("-m", f"hydra/sweeper={sweeper}", *args, *TINY, *SMALL, "trainer.epochs=1", "logger=none",
+                  cwd=tmp_path, timeout=600)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    jobs = [json.loads(line) for line in (sweep / "jobs.jsonl").read_text().splitlines()]
+    assert [job["status"] for job in jobs] == ["finished", "finished"]
+    assert all(0 <= job["objective"] <= 1 for job in jobs)

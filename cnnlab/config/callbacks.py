@@ -3,16 +3,19 @@ a traceback."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue, OmegaConfBaseException
 
+from cnnlab import CnnlabError
 from cnnlab.config.compose_errors import cannot_resolve
+from cnnlab.rundir import SweepDir, note_existing_ancestor
 
 
 class OutputDirCheck(Callback):
@@ -24,15 +27,41 @@ class OutputDirCheck(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         check_output_dir(config, "hydra.sweep.dir")
+        first_job = copy.deepcopy(config)  # each job's subdir resolves with its number, here the first's
+        with open_dict(first_job):
+            first_job.hydra.job.num, first_job.hydra.job.id = 0, "0"
+        check_resolvable(first_job, ("hydra.sweep.subdir",))
 
 
 def check_output_dir(config: DictConfig, key: str) -> None:
+    check_task_resolves(config)
     check_resolvable(config, (key, *JOB_SETTINGS))
-    check_writable(Path(OmegaConf.select(config, key)), key)
+    path = Path(OmegaConf.select(config, key))
+    check_writable(path, key)
+    note_existing_ancestor(path)
 
 
 # what Hydra's run_job resolves only after it has created the job's dir
 JOB_SETTINGS = ("hydra.job.chdir", "hydra.job.env_set", "hydra.job_logging", "hydra.verbose", "hydra.output_subdir")
+
+
+def check_task_resolves(config: DictConfig) -> None:
+    """An interpolation of the task's config that can never resolve (a key that is not there, one that refers to
+    itself), named by its own key: Hydra would meet it first inside hydra.job.override_dirname. A value not set
+    (???) and the resolvers' own errors are left to the schema's check, which says what to give."""
+    for key in config:
+        if key == "hydra":
+            continue
+        try:
+            node = config[key]
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+        except InterpolationResolutionError as error:
+            if not isinstance(error.__cause__, CnnlabError | MissingMandatoryValue) \
+                    and "MissingMandatoryValue" not in str(error):
+                sys.exit(f"error: {cannot_resolve(error.full_key or str(key), error)}")
+        except OmegaConfBaseException:
+            continue
 
 
 def check_resolvable(config: DictConfig, keys: tuple[str, ...]) -> None:
@@ -56,3 +85,18 @@ def check_writable(path: Path, key: str) -> None:
     else:
         return
     sys.exit(f"error: cannot write the run dir {path}: {problem}; choose another with {key}=...")
+
+
+class SweepSummary(Callback):
+    """After a sweep, one line: how many jobs failed and the first one's error, with exit code 1. A sweep is the
+    set of runs asked for, so any failure fails it; a search (any other sweeper) explores, and fails only when no
+    trial finished. Each job's outcome is in the sweep dir's jobs.jsonl."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        jobs = SweepDir(Path(config.hydra.sweep.dir)).records()
+        failed = [job for job in jobs if job["status"] == "failed"]
+        searching = not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+        if failed and (not searching or len(failed) == len(jobs)):
+            first = failed[0]
+            sys.exit(f"error: {len(failed)} of {len(jobs)} jobs failed; the first, {' '.join(first['overrides'])}: "
+                     f"{first['error']}")

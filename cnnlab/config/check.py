@@ -9,6 +9,7 @@ of dataclasses told apart by their `_target_`, and `Annotated[...]` with a `Rang
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -37,7 +38,8 @@ class Range:
                 and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
 
     def __str__(self) -> str:
-        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        parts = [f"{op} {bound}" if isinstance(bound, int) else f"{op} {bound:g}" for op, bound in bounds
                  if bound is not None]
         return " and ".join(parts)
 
@@ -143,6 +145,8 @@ def resolved(parent: Any, name: str | int, key: str) -> Any:
 def check(value: Any, hint: Any, key: str) -> None:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
+        if args[0] in (bool, int, float, str) and not is_instance(value, args[0]):
+            fail(key, value, hint)  # the whole allowed range, not just the type
         check(value, args[0], key)
         for extra in args[1:]:
             if isinstance(extra, Range) and not extra.holds(value):
@@ -191,8 +195,8 @@ def check_union(value: Any, hint: Any, key: str) -> None:
 
 
 def is_instance(value: Any, kind: type) -> bool:
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is float:  # every number a config holds is finite: nan and inf train nothing and mean nothing
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)

@@ -18,7 +18,16 @@ PosFloat = Annotated[float, Range(gt=0)]
 NonNegFloat = Annotated[float, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, lt=1)]  # dropout, smoothing, momentum: 1 would mean nothing is learnt
 Ratio = Annotated[float, Range(ge=0, le=1)]
-Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac"]
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # numpy's range; the loaders derive per-epoch seeds from it
+ImageSize = Annotated[int, Range(ge=1, le=1024)]  # pixels a side: the whole dataset is held in memory as uint8
+SampleCount = Annotated[int, Range(ge=1, le=10_000_000)]
+ClassCount = Annotated[int, Range(ge=1, le=100_000)]
+Pixels = Annotated[int, Range(ge=0, le=1024)]  # a crop's padding or a cutout's side
+NonEmptyPath = Annotated[str, Pattern(r".+", "a non-empty path")]
+# W&B's own limits: a project or entity of at most 128 characters without / \ # ? % :, a tag of at most 64
+WandbName = Annotated[str, Pattern(r"[^/\\#?%:\s][^/\\#?%:]{0,127}", "1-128 characters, none of / \\ # ? % :")]
+WandbTag = Annotated[str, Pattern(r"[^\n]{1,64}", "1-64 characters on one line")]
+Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac", "airbench_muon"]
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -39,7 +48,7 @@ class LayerOptions:
 class VGGNode(LayerOptions):
     _target_: Literal["cnnlab.models.VGG"]
     cfg: list[PosInt | Literal["M"]]
-    num_classes: PosInt
+    num_classes: ClassCount
     batch_norm: bool
     classifier_hidden: list[PosInt]
     classifier_dropout: Fraction
@@ -58,7 +67,7 @@ class ResNetNode(LayerOptions):
     layers: list[PosInt]
     widths: list[PosInt]
     strides: list[PosInt]
-    num_classes: PosInt
+    num_classes: ClassCount
     stem: Literal["cifar", "imagenet"]
     stem_width: PosInt
     downsample_at: Literal["first", "last"]
@@ -108,7 +117,8 @@ class MuonNode:
     nesterov: bool
     weight_decay: NonNegFloat
     sgd_momentum: Fraction
-    ns_steps: PosInt
+    ns_steps: Annotated[int, Range(ge=1, le=100)]
+    ns_dtype: Literal["fp32", "bf16"] = "fp32"  # added after format 2's first checkpoints
 
 
 @dataclass
@@ -156,7 +166,7 @@ class OneCycleNode:
 @dataclass
 class CifarNode:
     _target_: Literal["cnnlab.data.sources.Cifar"]
-    root: str
+    root: NonEmptyPath
     variant: Literal["cifar10", "cifar100"]
     download: bool
     url: str
@@ -167,42 +177,42 @@ class CifarNode:
 @dataclass
 class ImageFolderNode:
     _target_: Literal["cnnlab.data.sources.ImageFolder"]
-    root: str
-    image_size: PosInt
-    workers: PosInt | None
+    root: NonEmptyPath
+    image_size: ImageSize
+    workers: PosInt | None  # at most this machine's CPU count (checked where the pool starts)
 
 
 @dataclass
 class SyntheticNode:
     _target_: Literal["cnnlab.data.sources.Synthetic"]
-    num_classes: Annotated[PosInt, LINKED]
-    train_size: PosInt
-    test_size: PosInt
-    image_size: PosInt
+    num_classes: Annotated[ClassCount, LINKED]
+    train_size: SampleCount
+    test_size: SampleCount
+    image_size: ImageSize
     noise: NonNegFloat
-    seed: NonNegInt
+    seed: Seed
 
 
 @dataclass
 class DatasetNode:
     _target_: Literal["cnnlab.data.Dataset"]
-    name: str
-    root: str | None
-    num_classes: PosInt
+    name: Annotated[str, Pattern(r"[A-Za-z0-9_.-]+", "a name of letters, digits, _ . -")]
+    root: NonEmptyPath | None
+    num_classes: ClassCount
     mean: Annotated[list[float], Length(3)] | None
     std: Annotated[list[PosFloat], Length(3)] | None
     val_size: Literal["auto"] | NonNegInt | Annotated[float, Range(gt=0, lt=1)]
-    val_seed: NonNegInt
+    val_seed: Seed
     source: CifarNode | ImageFolderNode | SyntheticNode
 
 
 @dataclass
 class AugmentNode:
     _target_: Literal["cnnlab.data.Augment"]
-    crop_padding: NonNegInt
+    crop_padding: Pixels
     padding_mode: Literal["zeros", "reflect"]
     flip: Literal[True, False, "alternate"]
-    cutout: NonNegInt
+    cutout: Pixels
     drop_last: bool
 
 
@@ -216,8 +226,8 @@ class DataNode:
     num_workers: NonNegInt
     batch_size: PosInt
     eval_batch_size: PosInt | None
-    seed: Annotated[NonNegInt, LINKED]
-    cache_dir: Annotated[str, LINKED]
+    seed: Annotated[Seed, LINKED]
+    cache_dir: Annotated[NonEmptyPath, LINKED]
 
 
 # ------------------------------------------------------------------------------- trainer, runtime, logger
@@ -262,6 +272,7 @@ class TrainerNode:
     limit_train_batches: PosInt | None
     limit_eval_batches: PosInt | None
     overfit_batches: PosInt | None
+    resume_changes: Literal["refuse", "allow"] = "refuse"  # added after format 2's first checkpoints
 
 
 @dataclass
@@ -274,19 +285,19 @@ class RuntimeNode:
     deterministic: bool
     strategy: Literal["single", "ddp"]
     sync_batchnorm: bool
-    ddp_timeout_s: PosFloat
+    ddp_timeout_s: Annotated[float, Range(gt=0, le=7 * 86400)]
     hold_freed_memory: Literal["auto", True, False] = "auto"  # added after format 2's first checkpoints
 
 
 @dataclass
 class WandbNode:
     _target_: Literal["cnnlab.track.wandb_logger.WandbLogger"]
-    project: str
-    entity: str | None
+    project: WandbName
+    entity: WandbName | None
     mode: Literal["online", "offline", "disabled"] | None
-    tags: list[str]
-    job_type: str
-    init_timeout: PosFloat
+    tags: list[WandbTag]
+    job_type: Annotated[str, Pattern(r"[A-Za-z0-9_.-]{1,64}", "1-64 letters, digits, _ . -")]
+    init_timeout: Annotated[float, Range(gt=0, le=3600)]
     log_checkpoint: bool
 
 
@@ -298,10 +309,10 @@ class NoLoggerNode:
 # ------------------------------------------------------------------------------------------- the whole run
 @dataclass
 class RunNode:
-    seed: NonNegInt
+    seed: Seed
     objective: Literal["best_val_acc", "final_val_acc", "final_test_acc"]
-    data_dir: str
-    cache_dir: str
+    data_dir: NonEmptyPath
+    cache_dir: NonEmptyPath
     data: DataNode
     dataset: DatasetNode
     augment: AugmentNode
@@ -319,6 +330,6 @@ class EvaluateNode:
     split: Literal["test", "val"]
     tta: Tta
     batch_size: PosInt
-    dataset_root: str | None
-    cache_dir: str
+    dataset_root: NonEmptyPath | None
+    cache_dir: NonEmptyPath
     runtime: RuntimeNode

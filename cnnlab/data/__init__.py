@@ -17,7 +17,7 @@ from torch import Tensor
 
 from cnnlab import CnnlabError
 from cnnlab.data.loader import TensorLoader
-from cnnlab.data.sources import ImageFolder
+from cnnlab.data.sources import ImageFolder, cpu_count
 
 log = logging.getLogger("cnnlab")
 
@@ -95,6 +95,8 @@ def make_data(dataset: Dataset, augment: Augment, loader: Literal["tensor", "tor
               device: torch.device, rank: int = 0, world_size: int = 1, channels_last: bool = False) -> Data:
     """Load `dataset`, hold out its validation split, and build the loaders of the `loader` kind."""
     eval_batch_size = eval_batch_size or 2 * batch_size
+    if num_workers > cpu_count():
+        raise CnnlabError(f"data.num_workers is {num_workers}; allowed: 0 to {cpu_count()} (this machine's CPUs)")
     for key, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
         if size % world_size:
             raise CnnlabError(f"data.{key} is {size}, which {world_size} ranks cannot share evenly: use a multiple "

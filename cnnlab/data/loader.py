@@ -40,6 +40,12 @@ def num_batches(n: int, batch_size: int, drop_last: bool, world_size: int) -> in
     return full + (not drop_last and rest >= world_size)
 
 
+def last_batch_size(n: int, batch_size: int, drop_last: bool, rank: int, world_size: int) -> int:
+    """The images of this rank's part of an epoch's last batch."""
+    last = shard(num_batches(n, batch_size, drop_last, world_size) - 1, batch_size, n, rank, world_size)
+    return last.stop - last.start
+
+
 def _shifted_index(offset: Tensor, padding: int, length: int, mode: PaddingMode) -> tuple[Tensor, Tensor]:
     """Source indices of a crop taken at `offset` from an image padded by `padding`, and their validity."""
     idx = offset[:, None] - padding + torch.arange(length, device=offset.device)
@@ -122,6 +128,9 @@ class TensorLoader:
 
     def __len__(self) -> int:
         return num_batches(len(self.labels), self.batch_size, self.drop_last, self.world_size)
+
+    def last_batch_size(self) -> int:
+        return last_batch_size(len(self.labels), self.batch_size, self.drop_last, self.rank, self.world_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch whose permutation and augmentation to draw, and the batch to start from."""

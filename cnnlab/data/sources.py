@@ -12,7 +12,10 @@ import hashlib
 import logging
 import os
 import pickle
+import signal
 import tarfile
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +70,29 @@ class ImageTensors:
 def _resolve(root: str) -> Path:
     # Relative paths resolve against the launch dir: cnnlab runs Hydra with job.chdir=false.
     return Path(root).expanduser().resolve()
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def available_memory() -> int:
+    """Bytes of memory the machine can give without swapping (MemAvailable), or its total where that is unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(what: str, needed: int) -> None:
+    """Refuse in one line, before allocating, data that would not fit in this machine's memory."""
+    free = available_memory()
+    if needed > free:
+        raise CnnlabError(f"{what} need about {needed / 2**30:.1f} GiB of memory, more than the "
+                          f"{free / 2**30:.1f} GiB this machine has free: lower them")
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR
@@ -127,6 +153,9 @@ class Cifar:
                     return self._fallback(spec, cache_dir, f"the original is not in {self.root} and {why}")
                 if why:
                     raise CnnlabError(self._missing(spec, why))
+            elif self.md5 and (found := md5_of(archive)) != self.md5:
+                raise CnnlabError(f"archive {archive} has md5 {found}, expected {self.md5} "
+                                  "(dataset.source.md5): remove it to download it again")
             self._extract(archive)
 
         def read(names: list[str]) -> tuple[Tensor, Tensor]:
@@ -161,16 +190,33 @@ class Cifar:
         return None
 
     def _extract(self, archive: Path) -> None:
+        """Unpack into the root, once every member has passed: none may have an absolute path or lead outside the
+        root (through "..", or as a link), nor be a device file (tarfile's "data" filter, made strict)."""
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(self.root, filter="data")
+                members = [_inside(member, str(self.root)) for member in tar.getmembers()]
+                tar.extractall(self.root, members=members, filter="data")
         except (OSError, tarfile.TarError) as e:
-            raise CnnlabError(f"cannot extract {archive}: {e}") from e
+            raise CnnlabError(f"cannot extract {archive}: {e}") from None
 
     def _missing(self, spec: dict, why: str) -> str:
         png = f"set {PNG_ENV} to a PNG tree of it, " if self.variant == "cifar10" else ""
         return (f"{spec['title']} is not in {self.root} and {why}: put {spec['archive']} (or its extracted "
                 f"{spec['folder']}/) there (or set data_dir=...), {png}or use dataset=imagefolder dataset.root=...")
+
+
+def _inside(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    if member.name.startswith(("/", "\\")):  # the "data" filter would strip the slash; refuse instead
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, root)
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(url: str, dest: Path, md5: str | None) -> None:
@@ -199,13 +245,36 @@ def _decode(path: str, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CnnlabError(f"image {path} has more than {Image.MAX_IMAGE_PIXELS:,} pixels (PIL's limit against "
+                          "decompression bombs): shrink it or remove it") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise CnnlabError(f"cannot decode image {path}: {e}") from e
+        raise CnnlabError(f"cannot decode image {path}: {e}") from None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends (where they are then delivered)."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _leave_signals_to_the_parent() -> None:
+    """A decoding worker ignores Ctrl-C and SIGTERM: the parent stops the pool, which ends after its current
+    chunk, instead of each worker dying with a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _decode_many(paths: list[str], size: int) -> np.ndarray:
@@ -218,7 +287,10 @@ class ImageFolder:
     def __init__(self, root: str, image_size: int = 32, workers: int | None = None) -> None:
         self.root = _resolve(root)
         self.image_size = image_size
-        self.workers = workers or os.cpu_count() or 1
+        if workers is not None and workers > cpu_count():
+            raise CnnlabError(f"dataset.source.workers is {workers}; allowed: 1 to {cpu_count()} (this machine's "
+                              "CPUs), or null for all of them")
+        self.workers = workers or cpu_count()
 
     def files(self, split: str) -> tuple[list[str], list[int], list[str], str]:
         """Image paths, labels and class names of `split`, and a fingerprint of the files' names, sizes, mtimes."""
@@ -234,6 +306,9 @@ class ImageFolder:
             for e in entries:
                 st = e.stat()
                 digest.update(f"{name}/{e.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            if not entries and split == "train":
+                raise CnnlabError(f"dataset.root: the class dir {split_dir / name} holds no images (allowed "
+                                  f"suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}): add its images or remove it")
             paths += [e.path for e in entries]
             labels += [label] * len(entries)
         if not paths:
@@ -247,21 +322,51 @@ class ImageFolder:
             raise CnnlabError(f"dataset.root {self.root}: train/ and test/ have different class dirs")
         cache = self._cache_path(cache_dir, listing) if cache_dir else None
         if cache is not None and cache.is_file():
-            try:
-                return ImageTensors(**torch.load(cache, weights_only=True), description=f"images from {self.root}")
-            except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
-                pass
+            cached = self._read_cache(cache, listing)
+            if cached is not None:
+                return cached
+        images = sum(len(paths) for paths, *_ in listing.values())
+        check_memory(f"the {images:,} images of {self.root} at dataset.source.image_size {self.image_size}",
+                     2 * images * 3 * self.image_size**2)
+        log.info("decoding the %s images of %s (once: the next runs read %s)", f"{images:,}", self.root,
+                 cache or "them again")
         tensors = {}
-        with ProcessPoolExecutor(self.workers) as pool:
+        pool = ProcessPoolExecutor(self.workers, initializer=_leave_signals_to_the_parent)
+        try:
             for split, (paths, labels, *_) in listing.items():
-                chunks = [paths[i:i + 1000] for i in range(0, len(paths), 1000)]
-                arrays = list(pool.map(_decode_many, chunks, [self.image_size] * len(chunks)))
+                chunks = [paths[i:i + 500] for i in range(0, len(paths), 500)]
+                with signals_held():  # a signal in the middle of a fork would be lost in its at-fork hooks
+                    decoded = pool.map(_decode_many, chunks, [self.image_size] * len(chunks))
+                arrays = list(decoded)
                 tensors[f"{split}_x"] = torch.from_numpy(np.concatenate(arrays))
                 tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
+        except BaseException:  # an error or a signal: drop what is queued; the workers end after their chunk
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         data = ImageTensors(**tensors, classes=listing["train"][2], description=f"images from {self.root}")
         if cache is not None:
             data.channel_stats()
             self._write_cache(data, cache)
+        return data
+
+    def _read_cache(self, cache: Path, listing: dict) -> ImageTensors | None:
+        """The cached decode, or None (to decode again) where it is damaged or does not match the source: uint8
+        images of the configured size, one per listed file, and the listed labels and classes."""
+        try:
+            entry = torch.load(cache, weights_only=True)
+            data = ImageTensors(**entry, description=f"images from {self.root}")
+        except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
+            data = None
+        s = self.image_size
+        fits = data is not None and data.classes == listing["train"][2] and all(
+            isinstance(x, Tensor) and x.dtype == torch.uint8 and x.shape == (len(labels), 3, s, s)
+            and isinstance(y, Tensor) and y.dtype == torch.int64 and y.tolist() == labels
+            for x, y, (_, labels, *_) in ((data.train_x, data.train_y, listing["train"]),
+                                          (data.test_x, data.test_y, listing["test"])))
+        if not fits:
+            log.warning("image cache %s is damaged or does not match %s: decoding the images again", cache, self.root)
+            return None
         return data
 
     def _write_cache(self, data: ImageTensors, cache: Path) -> None:
@@ -295,8 +400,11 @@ class Synthetic:
         self.image_size, self.noise, self.seed = image_size, noise, seed
 
     def load(self, cache_dir: str | None = None) -> ImageTensors:
-        g = torch.Generator().manual_seed(self.seed)
         s = self.image_size
+        images = self.train_size + self.test_size
+        check_memory(f"dataset.source.train_size + test_size at image_size {s} ({images:,} images)",
+                     12 * images * 3 * s * s)  # float32 intermediates, three at a time
+        g = torch.Generator().manual_seed(self.seed)
         coarse = torch.rand(self.num_classes, 3, 4, 4, generator=g) * 2 - 1
         templates = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from cnnlab import CnnlabError
-from cnnlab.data.loader import epoch_generator, num_batches, shard
+from cnnlab.data.loader import epoch_generator, last_batch_size, num_batches, shard
 
 
 class TensorImages(Dataset):
@@ -112,6 +112,10 @@ class TorchvisionLoader:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    def last_batch_size(self) -> int:
+        b = self.batches
+        return last_batch_size(b.n, b.batch_size, b.drop_last, b.rank, b.world_size)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.batches.epoch, self.batches.start_batch = epoch, start_batch

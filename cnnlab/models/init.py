@@ -7,6 +7,8 @@
 - pytorch_default: every layer as PyTorch initialises it.
 - dirac: each conv starts as an identity on its first min(in, out) channels (`nn.init.dirac_`) plus
   kaiming-uniform noise on the rest, conv biases 0 (airbench's convs).
+- airbench_muon: dirac, except that the whitening stem's bias keeps PyTorch's default and the head's weights are
+  rescaled to unit std (airbench94_muon's CifarNet.reset).
 
 Linear and norm layers keep PyTorch's defaults unless a scheme names them.
 """
@@ -19,15 +21,22 @@ from typing import Literal
 import torch
 from torch import nn
 
-Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac"]
+from cnnlab.models.layers import Whitening
+
+Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac", "airbench_muon"]
 
 
 def init_weights(model: nn.Module, scheme: Init) -> None:
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            _init_conv(m, scheme)
+        if isinstance(m, Whitening) and scheme == "airbench_muon":
+            m.reset_parameters()  # PyTorch's default bias (the fit sets the weights)
+        elif isinstance(m, nn.Conv2d):
+            _init_conv(m, "dirac" if scheme == "airbench_muon" else scheme)
         elif isinstance(m, nn.Linear) and scheme == "xavier_uniform":
             nn.init.xavier_uniform_(m.weight)
+        elif isinstance(m, nn.Linear) and scheme == "airbench_muon":
+            with torch.no_grad():
+                m.weight.mul_(1 / m.weight.std())
 
 
 @torch.no_grad()

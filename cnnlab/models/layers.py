@@ -44,6 +44,13 @@ class Whitening(nn.Conv2d):
         self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
 
 
+def fit_whitening(model: nn.Module, images: Tensor) -> None:
+    """Fit every Whitening layer of `model` to normalised training images (its filters are not learnt)."""
+    for layer in model.modules():
+        if isinstance(layer, Whitening):
+            layer.fit(images)
+
+
 def whitening_stem(in_channels: int, kernel: int, act: Activation) -> tuple[nn.Sequential, int]:
     """A Whitening layer and its activation, and the number of channels it puts out."""
     whitening = Whitening(in_channels, kernel)

@@ -24,6 +24,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary so far; a missing or damaged one (a crash mid-write of an older version) starts afresh."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
 class MetricsFile:
     """Appends records to the run dir's metrics.jsonl and keeps its summary.json. On resume from a checkpoint at
     `resume_at`, the records the stopped run wrote after that checkpoint are dropped, so the file reads as if the
@@ -35,11 +44,11 @@ class MetricsFile:
         self.kept: list[dict[str, Any]] = []  # the records that came before this process
         if resume_at is not None and self.path.exists():
             step, next_epoch = resume_at
-            self.kept = [r for r in read_metrics(self.path)
-                         if (r["step"] <= step if r["kind"] == "step" else r["epoch"] < next_epoch)]
+            self.kept = [r for r in read_metrics(self.path) if isinstance(r, dict) and (
+                r.get("kind") == "step" and isinstance(r.get("step"), int) and r["step"] <= step
+                or r.get("kind") == "epoch" and isinstance(r.get("epoch"), int) and r["epoch"] < next_epoch)]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.kept))
-            if self.summary_path.exists():
-                self.summary_values = json.loads(self.summary_path.read_text())
+            self.summary_values = read_summary(self.summary_path)
         elif self.path.exists():
             self.path.unlink()
         self.file = open(self.path, "a")  # noqa: SIM115 - open for the whole run, closed in close()

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+import cnnlab
+
 
 def git_state(where: str | Path) -> dict[str, str | bool | None]:
+    """The commit checked out where `where` lies, and whether tracked files differ from it; nulls outside a repo."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=5)
@@ -22,6 +25,25 @@ def git_state(where: str | Path) -> dict[str, str | bool | None]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def provenance(launch_dir: Path | None = None) -> dict[str, str | bool | None]:
+    """Where a run came from: cnnlab's version; the git commit and dirty flag of the dir it was launched from (the
+    user's project: null outside a repo); and those of cnnlab's own source where it is a checkout (null for an
+    installed wheel, even one installed inside some repo)."""
+    source = Path(cnnlab.__file__).resolve().parent
+    own = git_state(source) if (source.parent / ".git").exists() else {"git_commit": None, "git_dirty": None}
+    return {"cnnlab_version": cnnlab.__version__, **git_state(launch_dir or Path.cwd()),
+            "cnnlab_git_commit": own["git_commit"], "cnnlab_git_dirty": own["git_dirty"]}
+
+
+def version_line() -> str:
+    """`cnnlab-run --version`: cnnlab's version, and its commit where it runs from a checkout."""
+    origin = provenance()
+    commit = origin["cnnlab_git_commit"]
+    where = f" (git {commit[:12]}{', with uncommitted changes' if origin['cnnlab_git_dirty'] else ''})" \
+        if commit else ""
+    return f"cnnlab {cnnlab.__version__}{where}"
 
 
 def machine() -> str:

@@ -10,10 +10,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab import Interrupted
 from cnnlab.atomic import atomic_write_text
 from cnnlab.config import build
 from cnnlab.rundir import RunDir
-from cnnlab.runtime import Interrupted
 from cnnlab.track import Loggers, Status
 from cnnlab.track.console import ConsoleLogger
 from cnnlab.track.metrics import MetricsFile
@@ -23,7 +23,8 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 @contextlib.contextmanager
 def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, resume_at: tuple[int, int] | None,
-            wandb_id: str | None, name: str | None, group: str | None) -> Iterator[Loggers]:
+            wandb_id: str | None, name: str | None, group: str | None,
+            provenance: dict[str, Any] | None = None) -> Iterator[Loggers]:
     """Open the run's records and yield its loggers; on leaving, close them with the run's status: finished,
     failed, or interrupted/preempted."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
@@ -41,7 +42,7 @@ def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, r
         if cfg.logger.get("_target_"):
             # partial: the run's config must reach W&B as data, not be instantiated recursively
             wandb = build(cfg.logger, "logger", _partial_=True)(
-                run_dir=run_dir, run_config=OmegaConf.to_container(cfg, resolve=True), name=name, group=group or name,
+                run_dir=run_dir, run_config=wandb_config(cfg, provenance), name=name, group=group or name,
                 run_id=wandb_id, history=[r for r in metrics.kept if r["kind"] == "epoch"])
         loggers = Loggers(metrics, ConsoleLogger(), wandb, wandb_id=wandb.run_id if wandb else None)
         yield loggers
@@ -53,3 +54,12 @@ def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, r
         loggers.close(status)
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def wandb_config(cfg: DictConfig, provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """The resolved config as W&B records it: each node once (data.dataset and data.augment only repeat the
+    top-level dataset and augment), and where the run came from."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for mirrored in ("dataset", "augment"):
+        config["data"].pop(mirrored, None)
+    return {**config, "provenance": provenance or {}}

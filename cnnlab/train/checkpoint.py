@@ -12,8 +12,10 @@ builds from the run's own config and compares, evaluate checks the record agains
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
+import re
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +54,20 @@ LAST = {**COMMON, "optimizer": (dict, "a dict"), "scheduler": (dict, "a dict"), 
         "running": (list, "a list"), "rng": (list, "a list"), "average": ((dict, type(None)), "a state dict or null")}
 PROGRESS = {"epoch": int, "batch": int, "step": int, "best_val_acc": (float, type(None)),
             "best_epoch": (int, type(None)), "test_acc_at_best": (float, type(None))}
+WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # W&B's generated ids are 8 of [a-z0-9]; none holds / \ # ? % :
+COUNTER_MAX = 2**53  # far past any real run, and exact as a float (what JSON and W&B carry)
+
+# What a resumed run may set anew: how long it trains; how it logs, evaluates and checkpoints; where it runs and
+# logs to; and where its data lives on this machine. Any other difference from the checkpoint's recorded config
+# (the optimizer's values, the batch size, the dataset, the augmentation, the seed, ...) is refused, unless
+# trainer.resume_changes=allow, which resumes with this run's values. A key ending in "." names a whole node.
+MAY_CHANGE_ON_RESUME = (
+    "trainer.epochs", "trainer.resume", "trainer.resume_changes", "trainer.log_every", "trainer.eval_every",
+    "trainer.tta", "trainer.save_checkpoints", "trainer.checkpoint_every_steps", "trainer.limit_eval_batches",
+    "runtime.", "logger.", "objective", "data_dir", "cache_dir", "data.cache_dir", "data.num_workers",
+    "data.eval_batch_size", "dataset.root", "dataset.source.root", "dataset.source.download", "dataset.source.url",
+    "dataset.source.md5", "dataset.source.png_fallback", "dataset.source.workers")
+MIRRORED = ("data.dataset.", "data.augment.")  # interpolations of `dataset` and `augment`: compared there
 
 
 def save_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
@@ -68,6 +84,9 @@ def save_best(path: Path, model: dict, progress: Progress, extras: dict[str, Any
 def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     """Read a checkpoint (of `kind` 'last' or 'best' if given) and check every entry, or say in one line why not."""
     path = Path(path)
+    if path.is_dir():
+        raise CnnlabError(f"checkpoint {path} is a directory: give a checkpoint file, such as {path / 'best.pt'} "
+                          f"or {path / 'last.pt'}")
     if not path.is_file():
         raise CnnlabError(f"checkpoint {path} does not exist")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint of ours
@@ -89,8 +108,14 @@ def load(path: str | Path, kind: str | None = None) -> dict[str, Any]:
     expected = LAST if ckpt.get("kind") == "last" else COMMON
     _check_entries(path, ckpt, expected)
     _check_entries(path, ckpt["progress"], {k: (t, "") for k, t in PROGRESS.items()}, "progress.")
+    _check_progress(path, ckpt["progress"])
     if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in ckpt["model"].items()):
         raise CnnlabError(f"checkpoint {path}: 'model' must map parameter names to tensors")
+    if not ckpt["classes"] or not all(isinstance(c, str) and 0 < len(c) <= 255 for c in ckpt["classes"]):
+        raise CnnlabError(f"checkpoint {path}: entry 'classes' must be a non-empty list of class names")
+    if ckpt["wandb_id"] is not None and not WANDB_ID.fullmatch(ckpt["wandb_id"]):
+        raise CnnlabError(f"checkpoint {path}: entry 'wandb_id' is {ckpt['wandb_id'][:80]!r}; allowed: 1-64 "
+                          "letters, digits, _ and - (a W&B run id), or null")
     if kind is not None and ckpt["kind"] != kind:
         what = "weights only (a best.pt?): resume from a last.pt" if kind == "last" else f"a {ckpt['kind']}.pt"
         raise CnnlabError(f"checkpoint {path} holds {what}")
@@ -105,6 +130,53 @@ def _check_entries(path: Path, entries: dict, expected: dict, prefix: str = "") 
             shown = type(value).__name__ if key in entries else "missing"
             raise CnnlabError(f"checkpoint {path}: entry '{prefix}{key}' is {shown}"
                               + (f", expected {what}" if what else ""))
+
+
+def _check_progress(path: Path, progress: dict[str, Any]) -> None:
+    """Each counter within its range, each best figure finite and a fraction, or null with the others."""
+    def refuse(key: str, allowed: str) -> None:
+        raise CnnlabError(f"checkpoint {path}: entry 'progress.{key}' is {progress[key]!r}; allowed: {allowed}")
+
+    for key, low in (("epoch", 1), ("batch", 0), ("step", 0)):
+        if not low <= progress[key] <= COUNTER_MAX:
+            refuse(key, f"an integer >= {low} and <= 2**53")
+    for key in ("best_val_acc", "test_acc_at_best"):
+        value = progress[key]
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 1):
+            refuse(key, "a fraction from 0 to 1, or null")
+    best = progress["best_epoch"]
+    if best is not None and not 1 <= best <= progress["epoch"]:
+        refuse("best_epoch", f"an integer from 1 to progress.epoch ({progress['epoch']}), or null")
+    if (best is None) != (progress["best_val_acc"] is None):
+        refuse("best_epoch", "null exactly when progress.best_val_acc is null")
+
+
+def check_tensors(where: str, entry: str, loaded: dict[str, Any], expected: dict[str, Tensor]) -> None:
+    """Refuse in one line a state whose tensors are not exactly the expected names, dtypes and shapes, or whose
+    floating-point tensors hold NaN or inf."""
+    missing, unexpected = expected.keys() - loaded.keys(), loaded.keys() - expected.keys()
+    if missing or unexpected:
+        name, what = (sorted(missing)[0], "lacks") if missing else (sorted(unexpected)[0], "has an unexpected")
+        raise CnnlabError(f"{where} does not fit the configured model: '{entry}' {what} tensor {name} "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, want in expected.items():
+        got = loaded[name]
+        if not isinstance(got, Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+            shown = f"{got.dtype} {tuple(got.shape)}" if isinstance(got, Tensor) else type(got).__name__
+            raise CnnlabError(f"{where} does not fit the configured model: '{entry}.{name}' is {shown}, the model's "
+                              f"is {want.dtype} {tuple(want.shape)}")
+    bad = nonfinite(loaded)
+    if bad:
+        raise CnnlabError(f"{where} holds NaN or inf in {len(bad)} tensors ({entry}.{bad[0]}): use an earlier one")
+
+
+def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or inf."""
+    floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
+    if not floats:
+        return []
+    ok = torch.stack([t.isfinite().all() for t in floats.values()]).tolist()
+    return [k for k, good in zip(floats, ok, strict=True) if not good]
 
 
 def recorded_config(ckpt: dict[str, Any]) -> DictConfig:
@@ -122,9 +194,10 @@ def recorded_config(ckpt: dict[str, Any]) -> DictConfig:
     return cfg
 
 
-def check_compatible(ckpt: dict[str, Any], config: dict[str, Any]) -> None:
-    """Refuse in one line to resume a checkpoint whose recorded config is not cnnlab's, or whose model or
-    optimizer differs from this run's."""
+def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], allow_changes: bool) -> list[str]:
+    """Refuse in one line to resume a checkpoint whose recorded config is not cnnlab's, whose model or optimizer
+    differs from this run's, or that differs in any key outside MAY_CHANGE_ON_RESUME unless `allow_changes`; return
+    those keys (as "key: before -> now") when they are allowed."""
     recorded = OmegaConf.to_container(recorded_config(ckpt))
     before, now = _flat(recorded.get("model"), "model"), _flat(config["model"], "model")
     differing = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
@@ -137,6 +210,15 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any]) -> None:
     if was != now_optim:
         raise CnnlabError(f"checkpoint {ckpt['path']} was trained with optimizer {was}, this run configures "
                           f"{now_optim}: resume with the checkpoint's optim choice")
+    before, now = _flat(recorded, ""), _flat(config, "")
+    changes = [f"{k[1:]}: {before.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
+               for k in sorted(before.keys() | now.keys())
+               if before.get(k) != now.get(k) and not k[1:].startswith(MAY_CHANGE_ON_RESUME + MIRRORED)]
+    if changes and not allow_changes:
+        raise CnnlabError(f"checkpoint {ckpt['path']} was trained with other values: {', '.join(changes)}; resume "
+                          "with the checkpoint's values, or add trainer.resume_changes=allow to train on with this "
+                          "run's")
+    return changes
 
 
 def _flat(tree: Any, prefix: str) -> dict[str, Any]:

@@ -21,10 +21,13 @@ from torch import Tensor
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7) -> Tensor:
-    """About U V^T of the 2-d `g = U S V^T`, in float32, by `steps` quintic Newton-Schulz iterations."""
+NS_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # bf16: airbench94_muon's; fp32: exact on any CPU
+
+
+def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7, dtype: torch.dtype = torch.float32) -> Tensor:
+    """About U V^T of the 2-d `g = U S V^T`, by `steps` quintic Newton-Schulz iterations in `dtype`."""
     a, b, c = NEWTON_SCHULZ
-    x = g.float()
+    x = g.to(dtype)
     x = x / (x.norm() + eps)  # all singular values <= 1
     wide = x.size(0) <= x.size(1)
     if not wide:
@@ -38,12 +41,13 @@ def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7) -> Tensor:
 class Muon(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.24,
                  momentum: float = 0.6, nesterov: bool = True, weight_decay: float = 0.0,
-                 sgd_momentum: float = 0.85, ns_steps: int = 3) -> None:
+                 sgd_momentum: float = 0.85, ns_steps: int = 3, ns_dtype: str = "fp32") -> None:
         if lr <= 0 or not 0 <= momentum < 1 or not 0 <= sgd_momentum < 1 or weight_decay < 0 or ns_steps < 1:
             raise ValueError(f"Muon: lr={lr}, momentum={momentum}, sgd_momentum={sgd_momentum}, "
                              f"weight_decay={weight_decay}, ns_steps={ns_steps} out of range")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                       sgd_momentum=sgd_momentum, ns_steps=ns_steps))
+        self.ns_dtype = NS_DTYPES[ns_dtype]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -61,8 +65,8 @@ class Muon(torch.optim.Optimizer):
     def _filter_step(self, p: Tensor, group: dict[str, Any]) -> None:
         update = self._momentum(p, p.grad, group["momentum"], group["nesterov"])
         p.mul_(len(p) ** 0.5 / p.norm())
-        p.add_(orthogonalise(update.reshape(len(p), -1), group["ns_steps"]).view_as(p).to(p.dtype),
-               alpha=-group["lr"])
+        p.add_(orthogonalise(update.reshape(len(p), -1), group["ns_steps"], dtype=self.ns_dtype).view_as(p)
+               .to(p.dtype), alpha=-group["lr"])
 
     def _sgd_step(self, p: Tensor, group: dict[str, Any]) -> None:
         grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad

@@ -49,14 +49,17 @@ def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epoch
 
 def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, pct_start: float = 0.25,
              start_ratio: float = 0.1, end_ratio: float = 0.0) -> LambdaLR:
-    """Linear ramp from `start_ratio` x lr up to the lr over `pct_start` of training, then linear to `end_ratio`
-    (`pct_start` 0: from the lr straight down, airbench94_muon's schedule)."""
+    """Linear ramp from `start_ratio` x lr up to the lr over the first `pct_start` of the steps (floored), then
+    linear to `end_ratio` (`pct_start` 0: from the lr straight down, airbench94_muon's schedule). Computed as
+    airbench94's triangular schedule is, to the bit."""
     total = epochs * steps_per_epoch
-    peak = max(1, round(pct_start * total)) if pct_start > 0 else 0
+    peak = int(total * pct_start)
 
     def factor(s: int) -> float:
         if s < peak:
-            return start_ratio + (1 - start_ratio) * s / peak
-        return 1 + (end_ratio - 1) * min(1.0, (s - peak) / max(1, total - peak))
+            frac = s / peak
+            return start_ratio * (1 - frac) + 1.0 * frac
+        frac = min(1.0, (s - peak) / max(1, total - peak))
+        return 1.0 * (1 - frac) + end_ratio * frac
 
     return LambdaLR(optimizer, factor)

@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, Interrupted, distributed
 from cnnlab.data import Data
 from cnnlab.models.layers import Whitening
 from cnnlab.rundir import RunDir
-from cnnlab.runtime import Interrupted, Runtime
+from cnnlab.runtime import Runtime
 from cnnlab.track import Logger
-from cnnlab.train import checkpoint, distributed
+from cnnlab.train import checkpoint
 from cnnlab.train.checkpoint import Progress
 from cnnlab.train.ema import EmaSchedule, WeightAverage
 from cnnlab.train.mix import mix_batch
@@ -47,6 +47,7 @@ class State:
     scaler: torch.amp.GradScaler
     progress: Progress
     total_steps: int  # optimizer steps in the whole run
+    batches_per_epoch: int
     running: list[float] | None = None  # this rank's sums of an epoch resumed mid-way
     average: WeightAverage | None = None  # the weight average, once it has started
 
@@ -66,11 +67,11 @@ class Trainer:
                  param_groups: Iterable[dict[str, Any]] = (), ema: dict[str, Any] | None = None,
                  whiten_bias_epochs: int | None = None, mixup: float = 0.0, cutmix: float = 0.0, accumulate: int = 1,
                  limit_train_batches: int | None = None, limit_eval_batches: int | None = None,
-                 overfit_batches: int | None = None) -> None:
+                 overfit_batches: int | None = None, resume_changes: str = "refuse") -> None:
         self.epochs, self.label_smoothing, self.grad_clip = epochs, label_smoothing, grad_clip
         self.log_every, self.eval_every, self.tta = log_every, eval_every, tta
         self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
-        self.resume = resume
+        self.resume, self.resume_changes = resume, resume_changes
         self.param_groups = [dict(g) for g in param_groups]
         self.ema = EmaSchedule(**(ema or {}))
         self.whiten_bias_epochs = whiten_bias_epochs
@@ -82,14 +83,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------ prepare, restore
     def checkpoint_to_resume(self, run_dir: RunDir) -> dict[str, Any] | None:
         """The checkpoint that `resume` names, read and checked, or None to start afresh. Writes nothing."""
-        last = run_dir.last
+        last, held = run_dir.last, run_dir.records()
         if self.resume is None:
             if last.exists():
                 raise CnnlabError(f"run dir {run_dir.path} already holds {last.name}: continue it with "
                                   "trainer.resume=auto (or allow), or pick another hydra.run.dir")
+            if held:
+                raise CnnlabError(f"run dir {run_dir.path} already holds a finished run's {held[0].name} (and no "
+                                  "last.pt to continue): pick another hydra.run.dir")
             return None
         if self.resume == "allow" and not last.exists():
-            return None
+            return None  # a job requeued before its first checkpoint starts again
+        if self.resume not in ("auto", "allow") and held and Path(self.resume).expanduser().resolve() != last.resolve():
+            raise CnnlabError(f"run dir {run_dir.path} already holds {held[0].name}: a checkpoint from elsewhere "
+                              "continues into a new run dir (pick another hydra.run.dir)")
         if self.resume == "auto" and not last.exists():
             raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
                               "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
@@ -111,12 +118,16 @@ class Trainer:
         if batches == 0:
             raise CnnlabError("the training split gives 0 batches per epoch: lower data.batch_size, or set "
                               "augment.drop_last=false")
+        per_feature = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())  # 1 value a channel per image
+        if per_feature and batches == len(loader) and loader.last_batch_size() == 1:
+            raise CnnlabError("the training split's last batch holds 1 image, which BatchNorm1d cannot normalise: set "
+                              "augment.drop_last=true, or a data.batch_size that leaves more than 1 image over")
         model, forward = runtime.place(model)
         opt = optimizer(self.parameter_groups(model, optimizer) if self.param_groups else model.parameters())
         steps_per_epoch = math.ceil(batches / self.accumulate)
         sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-        return State(model, forward, opt, sched, scaler, Progress(), steps_per_epoch * self.epochs)
+        return State(model, forward, opt, sched, scaler, Progress(), steps_per_epoch * self.epochs, batches)
 
     def parameter_groups(self, model: nn.Module, optimizer: Callable) -> list[dict[str, Any]]:
         """The trainable parameters in groups: each `param_groups` rule takes the parameters it selects (the
@@ -136,15 +147,16 @@ class Trainer:
     def restore(self, state: State, ckpt: dict[str, Any], runtime: Runtime) -> None:
         """Continue `state` from a checked last.pt, or say in one line why it does not fit. Writes nothing."""
         where = f"checkpoint {ckpt['path']}"
-        bad = nonfinite(ckpt["model"])
-        if bad:
-            raise CnnlabError(f"{where} holds NaN or inf in {len(bad)} tensors ({bad[0]}): resume from an earlier one")
-        try:
-            state.model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            detail = " ".join(str(e).split())[:300]
-            raise CnnlabError(f"{where} does not fit the configured model ({type(state.model).__name__}): "
-                              f"{detail}") from None
+        expected = state.model.state_dict()
+        checkpoint.check_tensors(where, "model", ckpt["model"], expected)
+        if ckpt["average"] is not None:
+            checkpoint.check_tensors(where, "average", ckpt["average"],
+                                     {k: v for k, v in expected.items() if v.is_floating_point()})
+        progress = checkpoint.progress_of(ckpt)
+        self.check_progress(where, progress, state)
+        state.model.load_state_dict(ckpt["model"])
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
+        configured_base_lrs = list(state.scheduler.base_lrs)
         for name, target in (("optimizer", state.optimizer), ("scheduler", state.scheduler),
                              ("scaler", state.scaler)):
             try:
@@ -152,6 +164,9 @@ class Trainer:
             except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
                 raise CnnlabError(f"{where}: its '{name}' state does not fit this run's {name} "
                                   f"({type(e).__name__}: {e})") from None
+        check_optimizer_state(where, state.optimizer, state.scheduler, progress.step)
+        if self.resume_changes == "allow":
+            use_configured_values(state.optimizer, state.scheduler, configured, configured_base_lrs)
         rngs, sums = ckpt["rng"], ckpt["running"]
         if len(rngs) != runtime.world_size:
             log.warning("checkpoint has the RNG states of %d ranks, this run has %d: dropout and other random "
@@ -164,8 +179,20 @@ class Trainer:
         except (KeyError, ValueError, TypeError, IndexError, RuntimeError, ZeroDivisionError, AttributeError) as e:
             raise CnnlabError(f"{where}: its RNG states, running sums or weight average are malformed "
                               f"({type(e).__name__})") from None
-        state.progress, state.running = checkpoint.progress_of(ckpt), running if len(running) == 3 else None
+        state.progress, state.running = progress, running if len(running) == 3 else None
         state.average = average
+
+    def check_progress(self, where: str, p: Progress, state: State) -> None:
+        """The checkpoint's counters against this run's data: a batch within an epoch, and (with the data as it
+        was) exactly the steps that its epochs and batches imply."""
+        batches = state.batches_per_epoch
+        if p.batch > batches:
+            raise CnnlabError(f"{where}: entry 'progress.batch' is {p.batch}, past the {batches} batches of an epoch "
+                              "of this run's data")
+        steps = (p.epoch - 1) * math.ceil(batches / self.accumulate) + math.ceil(p.batch / self.accumulate)
+        if p.step != steps and self.resume_changes != "allow":
+            raise CnnlabError(f"{where}: entry 'progress.step' is {p.step}, but epoch {p.epoch} at batch {p.batch} "
+                              f"means {steps} steps")
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, run_dir: RunDir,
@@ -175,11 +202,15 @@ class Trainer:
         runtime.stop.armed = True  # from here a signal stops the run at a step boundary, with last.pt written
         try:
             while p.epoch <= self.epochs:
-                record = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
+                record, sums = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
                 if state.average is not None and self.ema.lookahead:
                     state.average.copy_to(state.model)  # each epoch ends on the average
                 if p.epoch % self.eval_every == 0 or p.epoch == self.epochs:
-                    record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
+                    try:
+                        record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
+                    except Interrupted:
+                        self.save_last(state, run_dir, sums, extras)  # the epoch trained: resume evaluates it
+                        raise
                 record["seconds"] = time.perf_counter() - start
                 self.check_finite(state, run_dir)
                 logger.log(record)
@@ -194,7 +225,8 @@ class Trainer:
         return summary
 
     def train_epoch(self, state: State, loader: Any, runtime: Runtime, logger: Logger, run_dir: RunDir,
-                    extras: dict[str, Any]) -> dict[str, Any]:
+                    extras: dict[str, Any]) -> tuple[dict[str, Any], Tensor]:
+        """Train the rest of the epoch; its record, and its running sums (loss, correct, images) on the device."""
         p = state.progress
         state.model.train()
         if self.whiten_bias_epochs is not None:
@@ -241,7 +273,7 @@ class Trainer:
         seconds = time.perf_counter() - epoch_start
         return {"kind": "epoch", "epoch": p.epoch, "step": p.step, "train_loss": loss_sum / max(seen, 1),
                 "train_acc": correct / max(seen, 1), "lr": state.optimizer.param_groups[-1]["lr"],
-                "epoch_seconds": seconds, "images_per_second": (seen - resumed_images) / max(seconds, 1e-9)}
+                "epoch_seconds": seconds, "images_per_second": (seen - resumed_images) / max(seconds, 1e-9)}, sums
 
     def step(self, state: State, x: Tensor, y: Tensor, runtime: Runtime, new_window: bool = True,
              weight: float = 1.0) -> Tensor:
@@ -313,6 +345,8 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if self.limit_eval is not None and i >= self.limit_eval:
                 break
+            if runtime.stop.signum is not None and runtime.world_size == 1:
+                raise Interrupted(runtime.stop.signum)  # the last.pt of the last step boundary holds the run
             x, y = runtime.batch(x, y)
             out = logits(model, x, runtime, self.tta)
             sums += batch_sums(nn.functional.cross_entropy(out.double(), y, reduction="sum"),
@@ -333,7 +367,7 @@ class Trainer:
                                  rngs, state.average.state if state.average is not None else None, extras)
 
     def check_finite(self, state: State, run_dir: RunDir) -> None:
-        bad = nonfinite(state.model.state_dict())
+        bad = checkpoint.nonfinite(state.model.state_dict())
         if distributed.any_rank(len(bad)):
             self.diverged(state, run_dir, f"{len(bad)} weight and buffer tensors hold NaN or inf "
                                           f"({bad[0] if bad else 'on another rank'})")
@@ -364,18 +398,19 @@ def parameter_kinds(model: nn.Module) -> dict[str, set[str]]:
 
 def logits(model: nn.Module, x: Tensor, runtime: Runtime, tta: str = "none") -> Tensor:
     """float32 logits of an evaluation batch. tta "flip": averaged with the mirror image's; "flip_translate":
-    half that, and a quarter each of the same for the image shifted by one pixel up-left and down-right
-    (reflect padding), as airbench does."""
+    half that, and half the mean of the same for the image shifted by one pixel up-left and down-right (reflect
+    padding). Summed in airbench's order, so that it computes airbench's figures to the bit."""
     with runtime.autocast():
         def mirrored(v: Tensor) -> Tensor:
-            return (model(v).float() + model(v.flip(3)).float()) / 2
+            return 0.5 * model(v).float() + 0.5 * model(v.flip(3)).float()
 
         if tta == "none":
             return model(x).float()
         if tta == "flip":
             return mirrored(x)
         padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-        return 0.5 * mirrored(x) + 0.25 * mirrored(padded[..., :-2, :-2]) + 0.25 * mirrored(padded[..., 2:, 2:])
+        translated = torch.stack([mirrored(padded[..., :-2, :-2]), mirrored(padded[..., 2:, 2:])])
+        return 0.5 * mirrored(x) + 0.5 * translated.mean(0)
 
 
 def totals(sums: Tensor) -> list[float]:
@@ -383,10 +418,34 @@ def totals(sums: Tensor) -> list[float]:
     return distributed.all_reduce_sum(sums.clone()).tolist()
 
 
-def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
-    """The names of the floating-point tensors that hold NaN or inf."""
-    floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
-    if not floats:
-        return []
-    ok = torch.stack([t.isfinite().all() for t in floats.values()]).tolist()
-    return [k for k, good in zip(floats, ok, strict=True) if not good]
+def check_optimizer_state(where: str, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
+    """After loading: every state tensor of a parameter is finite and shaped like it (or a scalar), every
+    hyperparameter finite, and the schedule at the checkpoint's step."""
+    for group in optimizer.param_groups:
+        for key, value in group.items():
+            numbers = value if isinstance(value, tuple | list) and key != "params" else [value]
+            if key != "params" and any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise CnnlabError(f"{where}: its optimizer's {key} is {value}; allowed: finite numbers")
+        for i, param in enumerate(group["params"]):
+            for key, value in optimizer.state.get(param, {}).items():
+                if not isinstance(value, Tensor):
+                    continue
+                if value.dim() and value.shape != param.shape or value.is_complex():
+                    raise CnnlabError(f"{where}: its optimizer state '{key}' of parameter {i} is {value.dtype} "
+                                      f"{tuple(value.shape)}, the parameter is {param.dtype} {tuple(param.shape)}")
+                if value.is_floating_point() and not value.isfinite().all():
+                    raise CnnlabError(f"{where}: its optimizer state '{key}' of parameter {i} holds NaN or inf: "
+                                      "resume from an earlier checkpoint")
+    if scheduler.last_epoch != step:
+        raise CnnlabError(f"{where}: its schedule is at step {scheduler.last_epoch}, its progress at step {step}")
+
+
+def use_configured_values(optimizer: torch.optim.Optimizer, scheduler: Any, configured: list[dict[str, Any]],
+                          base_lrs: list[float]) -> None:
+    """trainer.resume_changes=allow: the optimizer's values are this run's, not the checkpoint's, and the schedule
+    continues at its step from this run's lr."""
+    scheduler.base_lrs = base_lrs
+    for group, values, base, factor in zip(optimizer.param_groups, configured, base_lrs, scheduler.lr_lambdas,
+                                           strict=True):
+        group.update(values)
+        group["lr"] = base * factor(scheduler.last_epoch)
