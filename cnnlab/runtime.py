@@ -115,9 +115,8 @@ def keep_freed_memory_in_heap() -> bool:
 
     By default glibc serves every allocation above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh
     mapping and unmaps it on free, so a CPU training step that allocates and frees its activations maps them again
-    and page-faults every page of them in again. On CPU-B that was 0.7 M minor faults a step for airbench94 at
-    batch 1024; with the thresholds lifted it trained 1.35x faster (docs/benchmarks.md). The cost: the process
-    keeps its peak memory until it exits.
+    and page-faults every page of them in again; with the thresholds lifted those faults are gone (measured in
+    docs/benchmarks.md, "Freed memory held for reuse"). The cost: the process keeps its peak memory until it exits.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -133,11 +132,8 @@ def mps_available() -> bool:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively: CUDA, or a CPU with bf16 instructions (AVX512-BF16, AMX).
-
-    On this project's 2-core AVX512-BF16 CPU, bf16 autocast trains 1.4-2.0x faster than fp32
-    (benchmarks/throughput.py, docs/benchmarks.md).
-    """
+    """Whether bf16 autocast runs natively: CUDA, or a CPU with bf16 instructions (AVX512-BF16, AMX), where it is
+    the faster default (benchmarks/throughput.py, docs/benchmarks.md)."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
