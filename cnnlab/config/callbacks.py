@@ -92,8 +92,14 @@ class SweepSummary(Callback):
     set of runs asked for, so any failure fails it; a search (any other sweeper) explores, and fails only when no
     trial finished. Each job's outcome is in the sweep dir's jobs.jsonl."""
 
+    def __init__(self) -> None:
+        self.earlier = 0  # records of a sweep run before into the same dir
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.earlier = len(SweepDir(Path(config.hydra.sweep.dir)).records())
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = SweepDir(Path(config.hydra.sweep.dir)).records()
+        jobs = SweepDir(Path(config.hydra.sweep.dir)).records()[self.earlier:]
         failed = [job for job in jobs if job["status"] == "failed"]
         searching = not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
         if failed and (not searching or len(failed) == len(jobs)):
