@@ -213,6 +213,10 @@ FAULTS = [
                                                                    "trainer.epochs=2"], 1,
           r"^error: cannot write .*run/last\.pt: the file is larger than this process may write \(ulimit -f\); "
           r"nothing was changed there$", prepare=finished_run, file_limit=200_000, unchanged=False, kept="run/last.pt"),
+    Fault("an Optuna search whose every trial fails", [*QUICK, "hparams_search=optuna_lr_wd", "trainer.epochs=1",
+                                                       "hydra.sweeper.n_trials=2", "optim=sgd",
+                                                       "optim.lr=tag(log, interval(1e12, 1e13))"], 1,
+          r"^error: 2 of 2 jobs failed; the first, optim\.lr=.*: training diverged at epoch 1", unchanged=False),
     Fault("a diverging job in a sweep", ["-m", *QUICK, "trainer.epochs=2", "optim=sgd", "optim.lr=0.01,1e12"], 1,
           r"^error: 1 of 2 jobs failed; the first, .*optim\.lr=1000000000000\.0: training diverged at epoch 1, "
           r"step \d+",

@@ -98,11 +98,27 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.earlier = len(SweepDir(Path(config.hydra.sweep.dir)).records())
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A search whose trials have all failed ends after its last one, here: Optuna's sweeper would end it in a
+        traceback of its own (a study without a best trial)."""
+        trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+        jobs = self.jobs(config)
+        if isinstance(trials, int) and len(jobs) >= trials and all(job["status"] == "failed" for job in jobs):
+            self.fail(jobs)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        jobs = SweepDir(Path(config.hydra.sweep.dir)).records()[self.earlier:]
+        jobs = self.jobs(config)
         failed = [job for job in jobs if job["status"] == "failed"]
         searching = not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
         if failed and (not searching or len(failed) == len(jobs)):
-            first = failed[0]
-            sys.exit(f"error: {len(failed)} of {len(jobs)} jobs failed; the first, {' '.join(first['overrides'])}: "
-                     f"{first['error']}")
+            self.fail(jobs)
+
+    def jobs(self, config: DictConfig) -> list[dict]:
+        return SweepDir(Path(config.hydra.sweep.dir)).records()[self.earlier:]
+
+    @staticmethod
+    def fail(jobs: list[dict]) -> None:
+        failed = [job for job in jobs if job["status"] == "failed"]
+        first = failed[0]
+        sys.exit(f"error: {len(failed)} of {len(jobs)} jobs failed; the first, {' '.join(first['overrides'])}: "
+                 f"{first['error']}")
