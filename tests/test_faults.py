@@ -366,6 +366,9 @@ FAULTS = [
     Fault("Ctrl-C", [*LONG, "hydra.run.dir=run"], 130,
           r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto "
           r"hydra\.run\.dir=.*run$", signal=signal.SIGINT, unchanged=False),
+    Fault("Ctrl-C in a sweep", ["-m", *LONG, "hydra.sweep.dir=.", "hydra.sweep.subdir=run", "seed=0,1"], 130,
+          r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto",
+          signal=signal.SIGINT, unchanged=False),
     Fault("SIGTERM", [*LONG, "hydra.run.dir=run"], 143,
           r"^interrupted by SIGTERM; .*run/last\.pt holds the run", signal=signal.SIGTERM, unchanged=False),
 ]
