@@ -102,8 +102,11 @@ def cifar_claiming_checkpoint(launch: Path) -> None:
     crafted(claim, "best.pt")(launch)
 
 
-def image_tree(per_class: int = 10, classes: int = 3) -> Callable[[Path], None]:
-    return lambda launch: write_image_tree(launch / "tree", {"train": per_class, "test": 5}, classes) and None
+def image_tree(per_class: int = 10, classes: int = 3, size: int = 32) -> Callable[[Path], None]:
+    return lambda launch: write_image_tree(launch / "tree", {"train": per_class, "test": 5}, classes, size) and None
+
+
+SLOW_TO_DECODE = image_tree(per_class=1500, size=96)  # ~1 s of first decode (resizing to 32), for a signal to land in
 
 
 def bomb_in_tree(launch: Path) -> None:
@@ -360,9 +363,9 @@ FAULTS = [
           prepare=lambda launch: text_file(launch) or finished_run(launch)),
     # ---- Ctrl-C and SIGTERM end every phase
     Fault("Ctrl-C during the first decode of an image folder", IMAGE_FOLDER, 130, r"^interrupted by SIGINT$",
-          prepare=image_tree(per_class=1500), signal=signal.SIGINT, signal_when="decoding the"),
+          prepare=SLOW_TO_DECODE, signal=signal.SIGINT, signal_when="decoding the"),
     Fault("SIGTERM during the first decode of an image folder", IMAGE_FOLDER, 143, r"^interrupted by SIGTERM$",
-          prepare=image_tree(per_class=1500), signal=signal.SIGTERM, signal_when="decoding the"),
+          prepare=SLOW_TO_DECODE, signal=signal.SIGTERM, signal_when="decoding the"),
     Fault("Ctrl-C", [*LONG, "hydra.run.dir=run"], 130,
           r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto "
           r"hydra\.run\.dir=.*run$", signal=signal.SIGINT, unchanged=False),
