@@ -102,8 +102,10 @@ class SweepSummary(Callback):
         """A search whose trials have all failed ends after its last one, here: Optuna's sweeper would end it in a
         traceback of its own (a study without a best trial)."""
         trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+        if not isinstance(trials, int):
+            return  # not a search
         jobs = self.jobs(config)
-        if isinstance(trials, int) and len(jobs) >= trials and all(job["status"] == "failed" for job in jobs):
+        if len(jobs) >= trials and all(job["status"] == "failed" for job in jobs):
             self.fail(jobs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -31,18 +31,22 @@ def provenance(launch_dir: Path | None = None) -> dict[str, str | bool | None]:
     """Where a run came from: cnnlab's version; the git commit and dirty flag of the dir it was launched from (the
     user's project: null outside a repo); and those of cnnlab's own source where it is a checkout (null for an
     installed wheel, even one installed inside some repo)."""
-    source = Path(cnnlab.__file__).resolve().parent
-    own = git_state(source) if (source.parent / ".git").exists() else {"git_commit": None, "git_dirty": None}
+    own = source_git_state()
     return {"cnnlab_version": cnnlab.__version__, **git_state(launch_dir or Path.cwd()),
             "cnnlab_git_commit": own["git_commit"], "cnnlab_git_dirty": own["git_dirty"]}
 
 
+def source_git_state() -> dict[str, str | bool | None]:
+    """git_state of cnnlab's own source where it is a checkout; nulls for an installed wheel, even inside a repo."""
+    source = Path(cnnlab.__file__).resolve().parent
+    return git_state(source) if (source.parent / ".git").exists() else {"git_commit": None, "git_dirty": None}
+
+
 def version_line() -> str:
     """`cnnlab-run --version`: cnnlab's version, and its commit where it runs from a checkout."""
-    origin = provenance()
-    commit = origin["cnnlab_git_commit"]
-    where = f" (git {commit[:12]}{', with uncommitted changes' if origin['cnnlab_git_dirty'] else ''})" \
-        if commit else ""
+    own = source_git_state()
+    commit = own["git_commit"]
+    where = f" (git {commit[:12]}{', with uncommitted changes' if own['git_dirty'] else ''})" if commit else ""
     return f"cnnlab {cnnlab.__version__}{where}"
 
 

@@ -346,7 +346,7 @@ class Trainer:
             if self.limit_eval is not None and i >= self.limit_eval:
                 break
             if runtime.stop.signum is not None and runtime.world_size == 1:
-                raise Interrupted(runtime.stop.signum)  # the last.pt of the last step boundary holds the run
+                raise Interrupted(runtime.stop.signum)  # fit writes last.pt of the trained epoch
             x, y = runtime.batch(x, y)
             out = logits(model, x, runtime, self.tta)
             sums += batch_sums(nn.functional.cross_entropy(out.double(), y, reduction="sum"),
