@@ -1,7 +1,7 @@
 """Shared helpers: compose the real configs, tiny model overrides, a generated image-folder tree, subprocess
 runs as users launch them, and W&B runs read back with W&B's own inspector.
 
-Tiers: `pytest -m "not slow"` is the everyday tier (in-process, under a minute); CI runs everything.
+Tiers: `pytest -m "not slow"` is the everyday tier (in-process, about 1.5 min on 2 cores); CI runs everything.
 """
 
 from __future__ import annotations
