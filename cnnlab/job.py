@@ -49,6 +49,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
                                        channels_last=runtime.channels_last)
         model = build_model(cfg, data, runtime.rank)
         state = trainer.prepare(model, build(cfg.optim, "optim"), build(cfg.sched, "sched"), data.train, runtime)
+        fit_whitening(state.model, data.train.first_images(WHITENING_IMAGES).to(runtime.device))
         if ckpt is not None:
             trainer.restore(state, ckpt, runtime)
         if runtime.rank > 0:
@@ -83,8 +84,9 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: DictConfig, data: Data, rank: int) -> torch.nn.Module:
-    """The configured model, with the same initial weights on every rank; refused in one line if the data's
-    class count or image size does not fit it."""
+    """The configured model, with the same initial weights on every rank (its whitening not yet fitted: train
+    fits it once the trainer has taken the initial weights); refused in one line if the data's class count or
+    image size does not fit it."""
     if cfg.dataset.num_classes != len(data.classes):
         raise CnnlabError(f"dataset.num_classes is {cfg.dataset.num_classes} but the data has "
                           f"{len(data.classes)} classes")
@@ -96,7 +98,6 @@ def build_model(cfg: DictConfig, data: Data, rank: int) -> torch.nn.Module:
     except RuntimeError as e:
         shape = "x".join(map(str, data.image_shape))
         raise CnnlabError(f"model: a {shape} image does not fit through it ({str(e).splitlines()[0]})") from None
-    fit_whitening(model, data.train.first_images(WHITENING_IMAGES))
     torch.manual_seed(cfg.seed + rank)
     return model
 

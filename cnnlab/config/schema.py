@@ -246,7 +246,7 @@ class EmaNode:
     every: NonNegInt
     decay: Annotated[float, Range(gt=0, lt=1)]
     ramp_power: NonNegFloat
-    start_epoch: PosInt
+    start_epoch: NonNegInt
     lookahead: bool
     evaluate: bool
 
@@ -254,7 +254,7 @@ class EmaNode:
 @dataclass
 class TrainerNode:
     _target_: Literal["cnnlab.train.trainer.Trainer"]
-    epochs: PosInt
+    epochs: Annotated[float, Range(gt=0, le=100_000)]
     label_smoothing: Fraction
     grad_clip: PosFloat | None
     log_every: PosInt
@@ -273,6 +273,8 @@ class TrainerNode:
     limit_eval_batches: PosInt | None
     overfit_batches: PosInt | None
     resume_changes: Literal["refuse", "allow"] = "refuse"  # added after format 2's first checkpoints
+    loss_reduction: Literal["mean", "sum"] = "mean"  # added after format 2's first checkpoints
+    whiten_bias_decay: bool = False  # added after format 2's first checkpoints
 
 
 @dataclass

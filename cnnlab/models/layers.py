@@ -35,13 +35,17 @@ class Whitening(nn.Conv2d):
 
     @torch.no_grad()
     def fit(self, images: Tensor) -> None:
-        """Set the filters from normalised images (N, C, H, W) of the training split."""
+        """Set the filters from normalised images (N, C, H, W) of the training split, in airbench's float32
+        arithmetic, step for step (so that a run of its recipe starts from its filters to the bit)."""
         c, (kh, kw) = images.shape[1], self.kernel_size
-        patches = images.float().unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c * kh * kw)
-        covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
-        filters = (eigenvectors.T / torch.sqrt(eigenvalues[:, None] + self.eps)).flip(0).reshape(-1, c, kh, kw)
-        self.weight.copy_(torch.cat([filters, -filters]).to(self.weight))
+        patches = images.unfold(2, kh, 1).unfold(3, kw, 1).transpose(1, 3).reshape(-1, c, kh, kw).float()
+        flat = patches.view(len(patches), -1)
+        covariance = (flat.T @ flat) / len(flat)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO="U")
+        eigenvalues = eigenvalues.flip(0).view(-1, 1, 1, 1)
+        eigenvectors = eigenvectors.T.reshape(c * kh * kw, c, kh, kw).flip(0)
+        filters = eigenvectors / torch.sqrt(eigenvalues + self.eps)
+        self.weight.copy_(torch.cat((filters, -filters)))
 
 
 def fit_whitening(model: nn.Module, images: Tensor) -> None:

@@ -17,7 +17,7 @@ import pickle
 import random
 import re
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import Tensor
 from cnnlab import CnnlabError
 from cnnlab.atomic import atomic_save
 from cnnlab.config.check import ConfigError, check_node
-from cnnlab.config.schema import RunNode
+from cnnlab.config.schema import RunNode, RuntimeNode, TrainerNode
 
 FORMAT = 2
 
@@ -68,6 +68,10 @@ MAY_CHANGE_ON_RESUME = (
     "data.eval_batch_size", "dataset.root", "dataset.source.root", "dataset.source.download", "dataset.source.url",
     "dataset.source.md5", "dataset.source.png_fallback", "dataset.source.workers")
 MIRRORED = ("data.dataset.", "data.augment.")  # interpolations of `dataset` and `augment`: compared there
+# Keys declared after format 2's first checkpoints, at the value that means what those checkpoints did
+ADDED_SINCE_FORMAT_2 = {f".{node}.{f.name}": f.default for node, declared in (("trainer", TrainerNode),
+                                                                              ("runtime", RuntimeNode))
+                        for f in fields(declared) if f.default is not MISSING}
 
 
 def save_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
@@ -210,7 +214,7 @@ def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], allow_changes
     if was != now_optim:
         raise CnnlabError(f"checkpoint {ckpt['path']} was trained with optimizer {was}, this run configures "
                           f"{now_optim}: resume with the checkpoint's optim choice")
-    before, now = _flat(recorded, ""), _flat(config, "")
+    before, now = {**ADDED_SINCE_FORMAT_2, **_flat(recorded, "")}, _flat(config, "")
     changes = [f"{k[1:]}: {before.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
                for k in sorted(before.keys() | now.keys())
                if before.get(k) != now.get(k) and not k[1:].startswith(MAY_CHANGE_ON_RESUME + MIRRORED)]

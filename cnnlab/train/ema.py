@@ -11,21 +11,23 @@ from torch import Tensor, nn
 
 @dataclass
 class EmaSchedule:
-    """When and how strongly to average (conf/trainer/default.yaml, `ema`). airbench94: every 5 steps from
-    epoch 4, decay 0.95 per step ramped by (step / total)^3, lookahead."""
+    """When and how strongly to average (conf/trainer/default.yaml, `ema`). airbench94: every 5 steps from the
+    start, decay 0.95 per step ramped by (step / total)^3, lookahead."""
 
     every: int = 0  # steps between updates; 0: off
     decay: float = 0.95  # per step; an update every k steps uses decay^k
     ramp_power: float = 0.0  # the decay ramps up as (step / total steps)^ramp_power (0: constant)
-    start_epoch: int = 1  # the first epoch that averages
-    lookahead: bool = False  # after each update (and each epoch), the model continues from the average
+    start_epoch: int = 1  # the first epoch that averages, from its first update's weights; 0: from the initial ones
+    lookahead: bool = False  # after each update the model continues from the average, and training ends on it
     evaluate: bool = True  # evaluate (and keep in best.pt) the averaged weights
 
     def due(self, epoch: int, step: int) -> bool:
         return self.every > 0 and epoch >= self.start_epoch and step % self.every == 0
 
     def decay_at(self, step: int, total: int) -> float:
-        return self.decay**self.every * (step / total) ** self.ramp_power
+        """In float32, as airbench94 computes its schedule of decays (a torch.arange over the steps)."""
+        ramp = (torch.tensor([step]) / total) ** self.ramp_power
+        return (self.decay**self.every * ramp).item()
 
 
 class WeightAverage:

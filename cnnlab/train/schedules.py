@@ -13,6 +13,11 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
+def total_steps(steps_per_epoch: int, epochs: float) -> int:
+    """The steps of `epochs` epochs (a fraction of one rounds up, as airbench's 9.9 epochs do)."""
+    return math.ceil(steps_per_epoch * epochs)
+
+
 def _with_warmup(optimizer: Optimizer, factor: Callable[[int], float], warmup_steps: int) -> LambdaLR:
     def lr_lambda(step: int) -> float:
         if step < warmup_steps:
@@ -22,11 +27,11 @@ def _with_warmup(optimizer: Optimizer, factor: Callable[[int], float], warmup_st
     return LambdaLR(optimizer, lr_lambda)
 
 
-def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0) -> LambdaLR:
+def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: float, warmup_epochs: float = 0) -> LambdaLR:
     return _with_warmup(optimizer, lambda step: 1.0, round(warmup_epochs * steps_per_epoch))
 
 
-def step(optimizer: Optimizer, steps_per_epoch: int, epochs: int, milestones: Sequence[int] = (),
+def step(optimizer: Optimizer, steps_per_epoch: int, epochs: float, milestones: Sequence[int] = (),
          gamma: float = 0.1, warmup_epochs: float = 0) -> LambdaLR:
     """Multiply the lr by `gamma` at each epoch in `milestones`."""
     bounds = sorted(m * steps_per_epoch for m in milestones)
@@ -34,11 +39,11 @@ def step(optimizer: Optimizer, steps_per_epoch: int, epochs: int, milestones: Se
                         round(warmup_epochs * steps_per_epoch))
 
 
-def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0,
+def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: float, warmup_epochs: float = 0,
            min_lr_ratio: float = 0.0) -> LambdaLR:
     """Cosine decay from the base lr to `min_lr_ratio` times it, after the warmup."""
     warmup = round(warmup_epochs * steps_per_epoch)
-    span = max(1, epochs * steps_per_epoch - warmup)
+    span = max(1, total_steps(steps_per_epoch, epochs) - warmup)
 
     def factor(s: int) -> float:
         progress = min(1.0, (s - warmup) / span)
@@ -47,12 +52,12 @@ def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: int, warmup_epoch
     return _with_warmup(optimizer, factor, warmup)
 
 
-def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: int, pct_start: float = 0.25,
+def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: float, pct_start: float = 0.25,
              start_ratio: float = 0.1, end_ratio: float = 0.0) -> LambdaLR:
     """Linear ramp from `start_ratio` x lr up to the lr over the first `pct_start` of the steps (floored), then
     linear to `end_ratio` (`pct_start` 0: from the lr straight down, airbench94_muon's schedule). Computed as
     airbench94's triangular schedule is, to the bit."""
-    total = epochs * steps_per_epoch
+    total = total_steps(steps_per_epoch, epochs)
     peak = int(total * pct_start)
 
     def factor(s: int) -> float:

@@ -32,6 +32,7 @@ from cnnlab.train import checkpoint
 from cnnlab.train.checkpoint import Progress
 from cnnlab.train.ema import EmaSchedule, WeightAverage
 from cnnlab.train.mix import mix_batch
+from cnnlab.train.schedules import total_steps
 
 log = logging.getLogger("cnnlab")
 
@@ -59,26 +60,30 @@ def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
 
 
 class Trainer:
-    """Trains for `epochs` epochs; conf/trainer/default.yaml documents every switch."""
+    """Trains for `epochs` epochs (a fraction ends the last one early); conf/trainer/default.yaml documents every
+    switch."""
 
-    def __init__(self, epochs: int, label_smoothing: float = 0.0, grad_clip: float | None = None,
+    def __init__(self, epochs: float, label_smoothing: float = 0.0, grad_clip: float | None = None,
                  log_every: int = 50, eval_every: int = 1, tta: str = "none", save_checkpoints: bool = True,
                  checkpoint_every_steps: int = 0, resume: str | None = None,
                  param_groups: Iterable[dict[str, Any]] = (), ema: dict[str, Any] | None = None,
                  whiten_bias_epochs: int | None = None, mixup: float = 0.0, cutmix: float = 0.0, accumulate: int = 1,
                  limit_train_batches: int | None = None, limit_eval_batches: int | None = None,
-                 overfit_batches: int | None = None, resume_changes: str = "refuse") -> None:
+                 overfit_batches: int | None = None, resume_changes: str = "refuse", loss_reduction: str = "mean",
+                 whiten_bias_decay: bool = False) -> None:
         self.epochs, self.label_smoothing, self.grad_clip = epochs, label_smoothing, grad_clip
+        self.last_epoch = math.ceil(epochs)
         self.log_every, self.eval_every, self.tta = log_every, eval_every, tta
         self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
         self.resume, self.resume_changes = resume, resume_changes
         self.param_groups = [dict(g) for g in param_groups]
         self.ema = EmaSchedule(**(ema or {}))
-        self.whiten_bias_epochs = whiten_bias_epochs
+        self.whiten_bias_epochs, self.whiten_bias_decay = whiten_bias_epochs, whiten_bias_decay
         self.mixup, self.cutmix, self.accumulate = mixup, cutmix, accumulate
         self.limit_train = overfit_batches or limit_train_batches
         self.limit_eval, self.overfit = limit_eval_batches, overfit_batches is not None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.loss_reduction = loss_reduction
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction=loss_reduction)
 
     # ------------------------------------------------------------------------------------ prepare, restore
     def checkpoint_to_resume(self, run_dir: RunDir) -> dict[str, Any] | None:
@@ -102,7 +107,7 @@ class Trainer:
                               "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
         ckpt = checkpoint.load(last if self.resume in ("auto", "allow") else Path(self.resume).expanduser(), "last")
         done = checkpoint.progress_of(ckpt).epoch - 1
-        if done >= self.epochs:
+        if done >= self.last_epoch:
             raise CnnlabError(f"nothing to train: checkpoint {ckpt['path']} has finished epoch {done}; set "
                               "trainer.epochs above that")
         return ckpt
@@ -113,7 +118,8 @@ class Trainer:
     def prepare(self, model: nn.Module, optimizer: Callable, scheduler: Callable, loader: Any,
                 runtime: Runtime) -> State:
         """Place the model and build its optimizer (`optimizer(params)`), schedule
-        (`scheduler(optimizer, steps_per_epoch, epochs)`) and grad scaler."""
+        (`scheduler(optimizer, steps_per_epoch, epochs)`) and grad scaler. A weight average from the start
+        (`ema.start_epoch` 0) holds the weights as they come, before the whitening fit."""
         batches = self.batches_per_epoch(loader)
         if batches == 0:
             raise CnnlabError("the training split gives 0 batches per epoch: lower data.batch_size, or set "
@@ -126,8 +132,29 @@ class Trainer:
         opt = optimizer(self.parameter_groups(model, optimizer) if self.param_groups else model.parameters())
         steps_per_epoch = math.ceil(batches / self.accumulate)
         sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
+        if self.whiten_bias_decay:
+            self.decay_whiten_bias(model, opt, sched, steps_per_epoch)
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-        return State(model, forward, opt, sched, scaler, Progress(), steps_per_epoch * self.epochs, batches)
+        average = WeightAverage(model.state_dict()) if self.ema.every and self.ema.start_epoch == 0 else None
+        return State(model, forward, opt, sched, scaler, Progress(), total_steps(steps_per_epoch, self.epochs),
+                     batches, average=average)
+
+    def decay_whiten_bias(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                          steps_per_epoch: int) -> None:
+        """The whitening bias's lr falls linearly from its group's to 0 over `whiten_bias_epochs`, when it
+        freezes (airbench94_muon), in place of the shared schedule; it needs a param_groups rule of its own."""
+        biases = {id(m.bias) for m in model.modules() if isinstance(m, Whitening)}
+        group = next((i for i, g in enumerate(optimizer.param_groups) if biases & {id(p) for p in g["params"]}), None)
+        if group is None or self.whiten_bias_epochs is None:
+            raise CnnlabError("trainer.whiten_bias_decay is true, but the model has no whitening bias that learns for "
+                              "trainer.whiten_bias_epochs: set model.whiten=true and trainer.whiten_bias_epochs")
+        if {id(p) for p in optimizer.param_groups[group]["params"]} != biases:
+            raise CnnlabError("trainer.whiten_bias_decay needs the whitening bias in a group of its own: put a "
+                              "trainer.param_groups rule {params: whiten, ...} before the others")
+        span = self.whiten_bias_epochs * steps_per_epoch
+        scheduler.lr_lambdas[group] = lambda step: max(0.0, 1 - step / span)
+        optimizer.param_groups[group]["lr"] = scheduler.base_lrs[group] * scheduler.lr_lambdas[group](
+            scheduler.last_epoch)
 
     def parameter_groups(self, model: nn.Module, optimizer: Callable) -> list[dict[str, Any]]:
         """The trainable parameters in groups: each `param_groups` rule takes the parameters it selects (the
@@ -201,11 +228,9 @@ class Trainer:
         p, summary, start = state.progress, {}, time.perf_counter()
         runtime.stop.armed = True  # from here a signal stops the run at a step boundary, with last.pt written
         try:
-            while p.epoch <= self.epochs:
+            while p.epoch <= self.last_epoch:
                 record, sums = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
-                if state.average is not None and self.ema.lookahead:
-                    state.average.copy_to(state.model)  # each epoch ends on the average
-                if p.epoch % self.eval_every == 0 or p.epoch == self.epochs:
+                if p.epoch % self.eval_every == 0 or p.epoch == self.last_epoch:
                     try:
                         record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
                     except Interrupted:
@@ -243,7 +268,7 @@ class Trainer:
         epoch_start = mark = time.perf_counter()
         resumed_images = mark_images = running[2]
         for batch, (x, y) in enumerate(loader, start=p.batch):
-            if batch >= batches:
+            if batch >= batches or p.step >= state.total_steps:  # the last of fractional epochs ends early
                 break
             weight = distributed.share_weight(len(y)) if batch == last_batch else 1.0
             sums += self.step(state, *runtime.batch(x, y), runtime, new_window=batch % self.accumulate == 0,
@@ -293,8 +318,12 @@ class Trainer:
         # forward pass and returns as page faults (docs/benchmarks.md, "No slowdown")
         if new_window:
             state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss * weight / self.accumulate).backward()
-        return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
+        if self.loss_reduction == "mean":
+            state.scaler.scale(loss * weight / self.accumulate).backward()
+            return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
+        # summed over the window's images on every rank: DDP averages the ranks' gradients, so undo that
+        state.scaler.scale(loss * distributed.world_size() if distributed.world_size() > 1 else loss).backward()
+        return batch_sums(loss.detach(), (out.argmax(1) == y).sum(), len(y))
 
     def update(self, state: State) -> None:
         """One optimizer step on the accumulated gradients, the schedule's step, and the weight average's."""
@@ -331,8 +360,11 @@ class Trainer:
         return record
 
     def evaluated_model(self, state: State) -> nn.Module:
-        if state.average is None or not self.ema.evaluate or self.ema.lookahead:
-            return state.model  # (with lookahead, the model is the average at every epoch's end)
+        """The model, or a copy holding the average: at every evaluation, or with lookahead (the model continuing
+        from the average) at the last, where training ends on the average. last.pt keeps the model to continue."""
+        if state.average is None or not self.ema.evaluate or (self.ema.lookahead and
+                                                               state.progress.epoch < self.last_epoch):
+            return state.model
         averaged = copy.deepcopy(state.model)
         state.average.copy_to(averaged)
         return averaged
