@@ -167,6 +167,7 @@ def table(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]], dict[str, l
                      "test_at_best_val": mean_std([t for _, t in selected]),
                      "final_test": mean_std([r.final_test for r in members]),
                      "epochs": max(r.epochs[-1]["epoch"] for r in members),
+                     "pruned": sum(r.summary.get("status") == "pruned" for r in members),
                      "wall_s": statistics.fmean([r.summary.get("train_seconds") or
                                                  sum(e.get("epoch_seconds", 0) for e in r.epochs) for r in members]),
                      "images_per_s": statistics.fmean([statistics.fmean([e.get("images_per_second", 0)
@@ -182,8 +183,9 @@ def cells(row: dict[str, Any]) -> list[str]:
     def pct(value: tuple[float, float] | None) -> str:
         return f"{100 * value[0]:.2f} ± {100 * value[1]:.2f}" if value else "-"
 
+    pruned = f" ({row['pruned']} pruned)" if row["pruned"] else ""  # a search stopped them early
     return [row["config"], str(row["n"]), pct(row["best_val"]), pct(row["test_at_best_val"]), pct(row["final_test"]),
-            str(row["epochs"]), f"{row['wall_s']:.0f}", f"{row['images_per_s']:.0f}"]
+            f"{row['epochs']}{pruned}", f"{row['wall_s']:.0f}", f"{row['images_per_s']:.0f}"]
 
 
 def as_text(rows: list[dict[str, Any]], markdown: bool = False) -> str:
@@ -200,10 +202,11 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["config", "n", "best_val", "best_val_std", "test_at_best_val", "test_at_best_val_std",
-                     "final_test", "final_test_std", "epochs", "wall_s", "images_per_s"])
+                     "final_test", "final_test_std", "epochs", "pruned", "wall_s", "images_per_s"])
     for r in rows:
         stats = [x for key in ("best_val", "test_at_best_val", "final_test") for x in (r[key] or ("", ""))]
-        writer.writerow([r["config"], r["n"], *stats, r["epochs"], f"{r['wall_s']:.1f}", f"{r['images_per_s']:.1f}"])
+        writer.writerow([r["config"], r["n"], *stats, r["epochs"], r["pruned"], f"{r['wall_s']:.1f}",
+                         f"{r['images_per_s']:.1f}"])
     return buf.getvalue()
 
 

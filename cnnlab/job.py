@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,11 @@ log = logging.getLogger("cnnlab")
 
 
 def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: str | None = None,
-          hydra_record: dict[str, Any] | None = None, launch_dir: Path | None = None) -> float | None:
+          hydra_record: dict[str, Any] | None = None, launch_dir: Path | None = None,
+          stop_early: Callable[[dict[str, Any]], bool] | None = None) -> float | None:
     """Run one training job into `run_dir`; return its objective. Under DDP every rank calls this; rank 0's
     run dir is the run's, and only rank 0 writes files and logs. `launch_dir` (the working dir by default) is
-    where the run's provenance is asked of git."""
+    where the run's provenance is asked of git; `stop_early` is a search's pruner (Trainer.fit)."""
     validate(cfg)
     with build(cfg.runtime, "runtime") as runtime, contextlib.ExitStack() as held:
         run_dir = RunDir(Path(distributed.broadcast(str(run_dir))))
@@ -53,7 +55,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         if ckpt is not None:
             trainer.restore(state, ckpt, runtime)
         if runtime.rank > 0:
-            trainer.fit(state, data, runtime, Loggers(), run_dir, extras={})  # rank 0 logs and writes
+            trainer.fit(state, data, runtime, Loggers(), run_dir, extras={}, stop_early=stop_early)  # rank 0 writes
             return None
         # every check has passed: from here on the run dir is written
         resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
@@ -72,7 +74,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
                              "world_size": runtime.world_size, "run_dir": str(run_dir.path), "data": data.description,
                              "machine": machine(), **origin})
             extras = {"config": config, "classes": data.classes, "wandb_id": loggers.wandb_id}
-            summary = trainer.fit(state, data, runtime, loggers, run_dir, extras)
+            summary = trainer.fit(state, data, runtime, loggers, run_dir, extras, stop_early)
+            loggers.outcome = summary.pop("status", "finished")
             loggers.summary(summary)
     return summary[cfg.objective]
 

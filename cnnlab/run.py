@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab import CONF_DIR
 from cnnlab.entry import command, reported
 from cnnlab.rundir import SweepDir
+from cnnlab.search import trial_link
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -29,15 +30,19 @@ def main(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    link = trial_link()  # this run is a trial of a search (cnnlab.search), which its worker started
     sweep = SweepDir(Path(hc.sweep.dir), hc.job.num, tuple(hc.overrides.task)) \
         if hc.mode == RunMode.MULTIRUN else None
-    group = sweep.path.name if sweep else run_dir.name
+    group = link.study_name if link else sweep.path.name if sweep else run_dir.name
     hydra_record = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hc}),
                     "overrides.yaml": hc.overrides.task}
-    overrides = list(hc.overrides.task)
+    overrides = link.overrides if link else list(hc.overrides.task)
     name = run_name(sweep.varying(overrides) if sweep else overrides) or group
+    if link:
+        link.beat()
     return reported(lambda: train(cfg, run_dir, name=name, group=group, hydra_record=hydra_record,
-                                  launch_dir=Path(hc.runtime.cwd)), run_dir, sweep)
+                                  launch_dir=Path(hc.runtime.cwd), stop_early=link.should_stop if link else None),
+                    run_dir, link or sweep)
 
 
 def run_name(overrides: list[str], limit: int = 96) -> str:

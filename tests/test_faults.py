@@ -184,6 +184,17 @@ FAULTS = [
           r"^error: model\.layers\[0\] is 0; allowed: an integer >= 1$"),
     Fault("a negative grad clip", [*QUICK, "trainer.grad_clip=-1"], 1,
           r"^error: trainer\.grad_clip is -1; allowed: a number > 0 or null$"),
+    Fault("a whitening-bias decay without a whitening stem", [*QUICK, "trainer.whiten_bias_decay=true"], 1,
+          r"^error: trainer\.whiten_bias_decay is true, but the model has no whitening bias that learns for "
+          r"trainer\.whiten_bias_epochs: set model\.whiten=true and trainer\.whiten_bias_epochs$"),
+    Fault("a whitening-bias decay sharing its group", ["experiment=airbench94_muon", *SYNTH, "data.batch_size=64",
+                                                      "logger=none", "trainer.param_groups.0.params=bias"], 1,
+          r"^error: trainer\.whiten_bias_decay needs the whitening bias in a group of its own: put a "
+          r"trainer\.param_groups rule \{params: whiten, \.\.\.\} before the others$"),
+    Fault("a loss reduction torch lacks", [*QUICK, "trainer.loss_reduction=none"], 1,
+          r"^error: trainer\.loss_reduction is 'none'; allowed: mean \| sum$"),
+    Fault("a fraction of an epoch below zero", [*QUICK, "trainer.epochs=-0.5"], 1,
+          r"^error: trainer\.epochs is -0\.5; allowed: a number > 0 and <= 100000$"),
     Fault("compile=maybe", [*QUICK, "runtime.compile=maybe"], 1,
           r"^error: runtime\.compile is 'maybe'; allowed: true or false$"),
     Fault("label smoothing above 1", [*QUICK, "trainer.label_smoothing=1.5"], 1,
@@ -219,7 +230,8 @@ FAULTS = [
     Fault("an Optuna search whose every trial fails", [*QUICK, "hparams_search=optuna_lr_wd", "trainer.epochs=1",
                                                        "hydra.sweeper.n_trials=2", "optim=sgd",
                                                        "optim.lr=tag(log, interval(1e12, 1e13))"], 1,
-          r"^error: 2 of 2 jobs failed; the first, optim\.lr=.*: training diverged at epoch 1", unchanged=False),
+          r"^error: all 2 trials of search optuna_lr_wd\.None\.vgg11_bn\.synthetic\.sgd\.none failed; the first, "
+          r"trial 0 \(optim\.lr=.*\): training diverged at epoch 1", unchanged=False),
     Fault("a diverging job in a sweep", ["-m", *QUICK, "trainer.epochs=2", "optim=sgd", "optim.lr=0.01,1e12"], 1,
           r"^error: 1 of 2 jobs failed; the first, .*optim\.lr=1000000000000\.0: training diverged at epoch 1, "
           r"step \d+",

@@ -42,7 +42,8 @@ def installed(site: Path, script: str, *args: str, cwd: Path, env: dict | None =
 
 def test_the_wheel_carries_its_configs_and_runs_from_anywhere(site: Path, tmp_path: Path) -> None:
     assert (site / "cnnlab" / "conf" / "config.yaml").is_file()
-    assert not (site / "hydra_plugins").exists()  # cnnlab adds no Hydra plugin: it uses callbacks
+    # one Hydra plugin, the Optuna sweeper, where Hydra looks for plugins; the rest are callbacks
+    assert [p.name for p in (site / "hydra_plugins").iterdir()] == ["cnnlab_optuna_sweeper"]
     where = subprocess.run([sys.executable, "-c", "import cnnlab; print(cnnlab.__file__, cnnlab.CONF_DIR)"],
                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
     assert where.stdout.split() == [str(site / "cnnlab" / "__init__.py"), str(site / "cnnlab" / "conf")]
@@ -73,6 +74,16 @@ def test_an_installed_sweep_and_compare(site: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]
     compared = installed(site, "cnnlab-compare", str(sweep), cwd=tmp_path)
     assert compared.returncode == 0 and "2 runs, 2 configs, differing in: optim.lr" in compared.stdout
+
+
+def test_an_installed_search(site: Path, tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    res = installed(site, "cnnlab-run", "-m", "hydra/sweeper=optuna", *RUN, "hydra.sweeper.n_trials=2",
+                    "optim.lr=interval(1e-3, 1e-2)", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    assert sorted(p.name for p in sweep.glob("trial_*")) == ["trial_0", "trial_1"]
+    assert (sweep / "optimization_results.yaml").is_file()
 
 
 def test_tab_completion_of_the_console_script(site: Path, tmp_path: Path) -> None:

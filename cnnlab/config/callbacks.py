@@ -90,23 +90,13 @@ def check_writable(path: Path, key: str) -> None:
 class SweepSummary(Callback):
     """After a sweep, one line: how many jobs failed and the first one's error, with exit code 1. A sweep is the
     set of runs asked for, so any failure fails it; a search (any other sweeper) explores, and fails only when no
-    trial finished. Each job's outcome is in the sweep dir's jobs.jsonl."""
+    trial finished (cnnlab's Optuna sweeper says so itself). Each job's outcome is in the sweep dir's jobs.jsonl."""
 
     def __init__(self) -> None:
         self.earlier = 0  # records of a sweep run before into the same dir
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.earlier = len(SweepDir(Path(config.hydra.sweep.dir)).records())
-
-    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        """A search whose trials have all failed ends after its last one, here: Optuna's sweeper would end it in a
-        traceback of its own (a study without a best trial)."""
-        trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
-        if not isinstance(trials, int):
-            return  # not a search
-        jobs = self.jobs(config)
-        if len(jobs) >= trials and all(job["status"] == "failed" for job in jobs):
-            self.fail(jobs)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         jobs = self.jobs(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-Status = Literal["finished", "failed", "interrupted", "preempted"]
+Status = Literal["finished", "pruned", "failed", "interrupted", "preempted"]  # pruned: a search stopped it
 
 
 class Logger(Protocol):
@@ -25,6 +25,7 @@ class Loggers:
     def __init__(self, *loggers: Logger | None, wandb_id: str | None = None) -> None:
         self.loggers = [lg for lg in loggers if lg is not None]
         self.wandb_id = wandb_id  # the W&B run's id, kept in checkpoints so that a resumed run continues it
+        self.outcome: Status = "finished"  # how the run ends if nothing goes wrong (a search may prune it)
 
     def log(self, record: dict[str, Any]) -> None:
         for lg in self.loggers:

@@ -46,7 +46,7 @@ def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, r
                 run_id=wandb_id, history=[r for r in metrics.kept if r["kind"] == "epoch"])
         loggers = Loggers(metrics, ConsoleLogger(), wandb, wandb_id=wandb.run_id if wandb else None)
         yield loggers
-        status = "finished"
+        status = loggers.outcome
     except Interrupted as e:
         status = e.status
         raise

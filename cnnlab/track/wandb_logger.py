@@ -108,7 +108,7 @@ class WandbLogger:
 
     def close(self, status: Status = "finished") -> None:
         best = self.run_dir.best
-        ok = status == "finished"
+        ok = status in ("finished", "pruned")
         if ok and self.log_checkpoint and best.exists() and self.fell_back:
             # after a failed online start, artifact logging would keep retrying the unreachable server
             log.warning("W&B checkpoint artifact skipped (the server was unreachable); %s stays in the run dir", best)
@@ -120,5 +120,6 @@ class WandbLogger:
             self.run.log_artifact(artifact, aliases=["best"])
         self.run.summary.update({"status": status})
         # W&B shows a nonzero exit as failed; summary.status says how the run ended
-        self.run.finish(exit_code={"finished": 0, "failed": 1, "interrupted": 130, "preempted": 140}[status])
+        self.run.finish(exit_code={"finished": 0, "pruned": 0, "failed": 1, "interrupted": 130,
+                                   "preempted": 140}[status])
 

@@ -223,8 +223,9 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- fit
     def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, run_dir: RunDir,
-            extras: dict[str, Any]) -> dict[str, Any]:
-        """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary."""
+            extras: dict[str, Any], stop_early: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary. `stop_early`
+        (a search's pruner) sees each epoch's record once its last.pt is written, and may end the run there."""
         p, summary, start = state.progress, {}, time.perf_counter()
         runtime.stop.armed = True  # from here a signal stops the run at a step boundary, with last.pt written
         try:
@@ -243,6 +244,10 @@ class Trainer:
                 summary.update(epoch=p.epoch, step=p.step, images_per_second=record["images_per_second"])
                 p.epoch, p.batch = p.epoch + 1, 0
                 self.save_last(state, run_dir, torch.zeros(3), extras)
+                if stop_early is not None and p.epoch <= self.last_epoch and distributed.broadcast(stop_early(record)):
+                    log.info("pruned at epoch %d: the search stops this trial here", record["epoch"])
+                    summary.update(status="pruned", pruned_at_epoch=record["epoch"])
+                    break
         finally:
             runtime.stop.armed = False
         summary.update(best_val_acc=p.best_val_acc, best_epoch=p.best_epoch, test_acc_at_best_val=p.test_acc_at_best,
