@@ -81,9 +81,6 @@ def distributions(space: Mapping[str, str]) -> dict[str, Any]:
     result = {}
     for key, text in space.items():
         override = parser.parse_override(f"{key}={text}")
-        if not override.is_sweep_override():
-            raise ValueError(f"hydra.sweeper.params.{key} is {text!r}; allowed: interval(a, b), "
-                             "tag(log, interval(a, b)), range(a, b), choice(a, b, ...) or a,b,...")
         value = override.value()
         if isinstance(value, IntervalSweep):
             log_scale = "log" in value.tags
@@ -97,16 +94,19 @@ def distributions(space: Mapping[str, str]) -> dict[str, Any]:
 
 
 def split_arguments(arguments: list[str], params: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The command line's sweep overrides join the configured space (and win over it); the rest are fixed."""
+    """The searched keys and the overrides every trial shares: the configured params, then the command line's
+    overrides (which win); a plain value among the params is shared, as one on the command line is."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    space, fixed = dict(params), []
-    for text, override in zip(arguments, OverridesParser.create().parse_overrides(arguments), strict=True):
-        if override.is_sweep_override():
-            space[override.get_key_element()] = text.split("=", 1)[1]
-        else:
-            fixed.append(text)
-    return space, fixed
+    typed = [f"{key}={value}" for key, value in params.items()] + list(arguments)
+    space, fixed = {}, {}
+    for text, override in zip(typed, OverridesParser.create().parse_overrides(typed), strict=True):
+        key = override.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        (space if override.is_sweep_override() else fixed)[key] = text.split("=", 1)[1] \
+            if override.is_sweep_override() else text
+    return space, list(fixed.values())
 
 
 def trial_overrides(params: Mapping[str, Any]) -> list[str]:

@@ -117,54 +117,54 @@ def test_the_muon_recipe_groups_biases_head_and_filters() -> None:
     cfg = make_cfg("experiment=airbench94_muon")
     model = instantiate(cfg.model)
     groups = Trainer(epochs=1, param_groups=cfg.trainer.param_groups).parameter_groups(model, instantiate(cfg.optim))
-    biases, head, filters = ({id(p) for p in group["params"]} for group in groups)
-    assert biases == {id(m.bias) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, Whitening))}
+    whiten, biases, head, filters = ({id(p) for p in group["params"]} for group in groups)
+    assert whiten == {id(m.bias) for m in model.modules() if isinstance(m, Whitening)}
+    assert biases == {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
     assert head == {id(model.classifier[0].weight)}
     assert filters == {id(m.weight) for m in model.features if isinstance(m, nn.Conv2d)}
-    # airbench94_muon's values (batch 2000, summed loss) in cnnlab's mean-loss terms
-    assert groups[0]["lr"] == pytest.approx(0.053 * 2000, rel=1e-4)
-    assert groups[0]["lr"] * groups[0]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
-    assert groups[1]["lr"] == pytest.approx(0.67 * 2000, rel=1e-4)
-    assert groups[1]["lr"] * groups[1]["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-3)
+    # airbench94_muon's own values (batch 2000, summed loss): each step at full lr takes 2e-6 x 2000 off
+    for group, lr in zip(groups, (0.053, 0.053, 0.67), strict=False):
+        assert group["lr"] == lr and group["lr"] * group["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-12)
+    assert cfg.trainer.loss_reduction == "sum" and cfg.trainer.whiten_bias_decay
     assert cfg.trainer.ema.every == 0 and (cfg.trainer.epochs, cfg.data.batch_size) == (8, 2000)
 
 
 def test_cpu_fast_is_airbench94_muon_but_for_the_differences_its_header_lists() -> None:
     muon, cpu = make_cfg("experiment=airbench94_muon"), make_cfg("experiment=cpu_fast")
     assert cpu.model == make_cfg("model=airbench94").model  # airbench94's head: default init, logits x 1/9
-    head = cpu.trainer.param_groups[1]
+    biases, head = cpu.trainer.param_groups
+    # the mean loss: the SGD groups' lr x 2000 (the batch), the head's also x (9/256)^2 for its logits x 1/9
+    assert biases.lr_scale * cpu.optim.lr == pytest.approx(0.053 * 2000, rel=1e-4)
     assert head.lr_scale * cpu.optim.lr == pytest.approx(0.67 * 2000 * (9 / 256) ** 2, rel=1e-4)  # the same steps
-    decay = head.lr_scale * head.weight_decay_scale * cpu.optim.lr * cpu.optim.weight_decay
-    assert decay == pytest.approx(4e-3, rel=1e-3)  # what each step takes off the head
+    for group in (biases, head):  # what each step takes off, as airbench's 2e-6 x 2000
+        decay = group.lr_scale * group.weight_decay_scale * cpu.optim.lr * cpu.optim.weight_decay
+        assert decay == pytest.approx(4e-3, rel=1e-3)
     assert cpu.optim.ns_dtype == "fp32" and muon.optim.ns_dtype == "bf16"
+    assert (cpu.dataset.val_size, cpu.augment.drop_last, cpu.objective) == (5000, False, "best_val_acc")
+    assert (muon.dataset.val_size, muon.augment.drop_last, muon.objective) == (0, True, "final_test_acc")
+    assert (cpu.trainer.loss_reduction, cpu.trainer.whiten_bias_decay) == ("mean", False)
+    listed = {"optim.weight_decay", "optim.ns_dtype", "trainer.param_groups", "trainer.loss_reduction",
+              "trainer.whiten_bias_decay", "dataset.val_size", "augment.drop_last"}
     for key in ("optim", "trainer", "sched", "data", "dataset", "augment"):
         mine, theirs = OmegaConf.to_container(cpu[key]), OmegaConf.to_container(muon[key])
-        if key == "optim":
-            mine.pop("ns_dtype"), theirs.pop("ns_dtype")
-        if key == "trainer":
-            mine["param_groups"].pop(1), theirs["param_groups"].pop(1)
-        assert mine == theirs, key
+        differing = {f"{key}.{k}" for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+        assert differing <= listed | {"data.dataset", "data.augment"}, key  # (data.* repeat dataset and augment)
 
 
 @pytest.mark.parametrize("batch_size,accumulate", [(1024, 1), (256, 4), (500, 1)])
 def test_decoupled_sgd_turns_airbench_s_own_values_into_airbench94_s_pytorch_sgd(batch_size: int,
                                                                                  accumulate: int) -> None:
-    def built(*overrides: str) -> torch.optim.Optimizer:
-        cfg = make_cfg("experiment=airbench94", f"data.batch_size={batch_size}", *overrides)
-        trainer = Trainer(epochs=1, param_groups=cfg.trainer.param_groups)
-        return instantiate(cfg.optim)(trainer.parameter_groups(instantiate(cfg.model), instantiate(cfg.optim)))
-
-    # airbench94.py's hyperparameters as it writes them: the BatchNorm biases at 64x the lr, the same decay
-    decoupled = built("optim=sgd_decoupled", f"trainer.accumulate={accumulate}", "optim.lr=11.5",
-                      "optim.weight_decay=0.0153", "trainer.param_groups.0.weight_decay_scale=1")
-    plain = built()  # experiment=airbench94: converted by hand for batch 1024, the lr scaled with the batch
-    assert isinstance(decoupled, torch.optim.SGD) and decoupled.defaults["nesterov"]
-    scale = batch_size * accumulate / 1024
-    for ours, theirs in zip(decoupled.param_groups, plain.param_groups, strict=True):
-        assert ours["lr"] == pytest.approx(theirs["lr"] * scale, rel=1e-4)
-        assert ours["lr"] * ours["weight_decay"] == pytest.approx(theirs["lr"] * theirs["weight_decay"] * scale,
-                                                                  rel=1e-4)
-        assert ours["momentum"] == theirs["momentum"] == 0.85
+    """experiment=airbench94 (optim=sgd_decoupled with airbench94's 11.5 and 0.0153) builds what airbench94.py
+    builds for its summed loss, in cnnlab's mean-loss terms: lr and decay per 1024 images over the kilostep scale."""
+    cfg = make_cfg("experiment=airbench94", f"data.batch_size={batch_size}", f"trainer.accumulate={accumulate}")
+    trainer = Trainer(epochs=1, param_groups=cfg.trainer.param_groups)
+    sgd = instantiate(cfg.optim)(trainer.parameter_groups(instantiate(cfg.model), instantiate(cfg.optim)))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+    images, kilostep = batch_size * accumulate, 1024 * (1 + 1 / (1 - 0.85))
+    for group, bias_scaler in zip(sgd.param_groups, (64.0, 1.0), strict=True):  # the BatchNorm biases, the rest
+        assert group["lr"] == pytest.approx(11.5 * bias_scaler * images / kilostep, rel=1e-12)
+        assert group["lr"] * group["weight_decay"] == pytest.approx(0.0153 * images / kilostep, rel=1e-12)
+        assert group["momentum"] == 0.85
 
 
 def test_the_weight_average_and_its_schedule() -> None:

@@ -36,10 +36,6 @@ class OptunaSweeper(Sweeper):
 
         s = self.settings
         space, fixed = search.split_arguments(arguments, {k: str(v) for k, v in dict(self.params).items()})
-        try:
-            search.distributions(space)
-        except ValueError as e:
-            sys.exit(f"error: {e}")
         self.validate_batch_is_legal([fixed])  # a search whose fixed overrides cannot compose ends here, in one line
         sweep_dir = Path(self.config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
