@@ -6,7 +6,7 @@ Prints, for each search: its best validation accuracy, the epochs its trials tra
 The short recipe: a small VGG (32-64-128) with SGD and a one-cycle lr, 9 epochs of 20 batches of 256 CIFAR-10
 images, validated on 2,000 held-out images (ASHA's rungs: epochs 1, 3 and 9).
 
-  python benchmarks/search_pruning.py [--trials 16] [--jobs 2]
+  python benchmarks/search_pruning.py [--trials 16] [--jobs 2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -59,12 +59,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="run the searches in this dir and keep them (pictures included)")
     args = parser.parse_args()
     from cnnlab.track.provenance import machine
 
     search = ["hparams_search=optuna_asha", *RECIPE, f"hydra.sweeper.n_trials={args.trials}",
               f"hydra.sweeper.n_jobs={args.jobs}"]
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
         unpruned, asha, seeds = Path(tmp, "unpruned"), Path(tmp, "asha"), Path(tmp, "seeds")
         for d in (unpruned, asha, seeds):
             d.mkdir()
