@@ -352,12 +352,13 @@ def summarise(search: Search, first: int) -> str | None:
              search.study_name, len(trials), states[optuna.trial.TrialState.COMPLETE],
              states[optuna.trial.TrialState.PRUNED], states[optuna.trial.TrialState.FAIL],
              len(study.get_trials(deepcopy=False)), best)
-    pictures(study, Path(search.sweep_dir))
+    pictures(study, Path(search.sweep_dir), pruning=search.pruner is not None)
     return None
 
 
-def pictures(study: Any, out: Path) -> list[Path]:
-    """Optuna's optimisation history, parameter importances and intermediate values (pruning), as PNGs."""
+def pictures(study: Any, out: Path, pruning: bool) -> list[Path]:
+    """Optuna's optimisation history, parameter importances and, with a pruner, the trials' intermediate values,
+    as PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -365,9 +366,9 @@ def pictures(study: Any, out: Path) -> list[Path]:
     from optuna.visualization import matplotlib as plots
 
     written = []
-    for name, plot in (("optimization_history", plots.plot_optimization_history),
-                       ("param_importances", plots.plot_param_importances),
-                       ("intermediate_values", plots.plot_intermediate_values)):
+    drawn = [("optimization_history", plots.plot_optimization_history),
+             ("param_importances", plots.plot_param_importances)]
+    for name, plot in drawn + ([("intermediate_values", plots.plot_intermediate_values)] if pruning else []):
         try:
             axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few finished trials for this picture

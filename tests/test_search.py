@@ -153,3 +153,14 @@ def test_compare_reads_a_search(tmp_path: Path, capsys: pytest.CaptureFixture) -
     compare_main([str(sweep)])
     out = capsys.readouterr().out
     assert "optim.lr=0.001" in out and "optim.lr=0.003" in out
+
+
+def test_an_rdb_url_as_storage(tmp_path: Path) -> None:
+    """SQLite through Optuna's RDB storage (PostgreSQL and MySQL take the same path), with its own heartbeat."""
+    url = f"sqlite:///{tmp_path}/studies.db"
+    res = run_cli(*SEARCH, "trainer.epochs=1", "hydra.sweeper.n_trials=2", "optim.lr=interval(1e-3, 1e-2)",
+                  f"hydra.sweeper.storage={url}", "hydra.sweeper.study_name=rdb", cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    trials = optuna.load_study(study_name="rdb", storage=url).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert not (tmp_path / "outputs" / "optuna.journal").exists()
