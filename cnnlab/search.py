@@ -14,6 +14,7 @@ from `sampler.seed`, the study's size and its own index, so that no run replays 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,8 +23,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,6 @@ class Search:
     grace_period: int
     max_retry: int
     metric: str  # the epoch figure reported to a pruner: val_acc
-    extra_env: dict[str, str] = field(default_factory=dict)
 
 
 def quiet_optuna() -> Any:
@@ -199,7 +199,7 @@ def work(search: Search, worker: int) -> int:
     ran = 0
     while True:
         optuna.storages.fail_stale_trials(study)
-        with _held(lock):
+        with held(lock):
             if len(study.get_trials(deepcopy=False)) >= search.stop_at:
                 return ran
             trial = study.ask(space)
@@ -212,15 +212,13 @@ def work(search: Search, worker: int) -> int:
             raise Stopped(code)
 
 
-class _held:
-    def __init__(self, lock: Any) -> None:
-        self.lock = lock
-
-    def __enter__(self) -> None:
-        self.lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+@contextlib.contextmanager
+def held(lock: Any) -> Iterator[None]:
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_trial(search: Search, trial: Any) -> int:
@@ -234,7 +232,7 @@ def run_trial(search: Search, trial: Any) -> int:
     log.info("trial %d: %s", trial.number, " ".join(overrides))
     command = [sys.executable, "-m", "cnnlab.run", *search.hydra_flags, *search.fixed, *overrides, "hydra.mode=RUN",
                f"hydra.run.dir={trial_dir}"]
-    env = {**os.environ, **search.extra_env, LINK_ENV: json.dumps(link)}
+    env = {**os.environ, LINK_ENV: json.dumps(link)}
     return subprocess.run(command, cwd=search.launch_dir, env=env).returncode
 
 
