@@ -15,6 +15,7 @@ from `sampler.seed`, the study's size and its own index, so that no run replays 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ class Search:
     grace_period: int
     max_retry: int
     metric: str  # the epoch figure reported to a pruner: val_acc
+    objective: str  # what a trial returns (conf/config.yaml, objective): the pictures' axis
 
 
 def quiet_optuna() -> Any:
@@ -350,11 +352,11 @@ def summarise(search: Search, first: int) -> str | None:
              search.study_name, len(trials), states[optuna.trial.TrialState.COMPLETE],
              states[optuna.trial.TrialState.PRUNED], states[optuna.trial.TrialState.FAIL],
              len(study.get_trials(deepcopy=False)), best)
-    pictures(study, Path(search.sweep_dir), pruning=search.pruner is not None)
+    pictures(study, Path(search.sweep_dir), search.objective, pruning=search.pruner is not None)
     return None
 
 
-def pictures(study: Any, out: Path, pruning: bool) -> list[Path]:
+def pictures(study: Any, out: Path, objective: str, pruning: bool) -> list[Path]:
     """Optuna's optimisation history, parameter importances and, with a pruner, the trials' intermediate values,
     as PNGs."""
     import matplotlib
@@ -364,8 +366,8 @@ def pictures(study: Any, out: Path, pruning: bool) -> list[Path]:
     from optuna.visualization import matplotlib as plots
 
     written = []
-    drawn = [("optimization_history", plots.plot_optimization_history),
-             ("param_importances", plots.plot_param_importances)]
+    drawn = [("optimization_history", functools.partial(plots.plot_optimization_history, target_name=objective)),
+             ("param_importances", functools.partial(plots.plot_param_importances, target_name=objective))]
     for name, plot in drawn + ([("intermediate_values", plots.plot_intermediate_values)] if pruning else []):
         try:
             axes = plot(study)

@@ -51,7 +51,7 @@ class OptunaSweeper(Sweeper):
             sampler=plain(self.sampler) if self.sampler is not None else None,
             pruner=plain(self.pruner) if self.pruner is not None else None, n_trials=s["n_trials"], stop_at=0,
             sweep_dir=str(sweep_dir), launch_dir=str(Path.cwd()), heartbeat_interval=s["heartbeat_interval"],
-            grace_period=s["grace_period"], max_retry=s["max_retry"], metric="val_acc")
+            grace_period=s["grace_period"], max_retry=s["max_retry"], metric="val_acc", objective=str(objective))
         first = search.study_size(draft)
         plan = search.Search(**{**draft.__dict__, "stop_at": first + s["n_trials"]})
         log.info("search %s: %d trials with %d workers into %s (study: %s, %d trials so far)", plan.study_name,
