@@ -112,7 +112,7 @@ def split_arguments(arguments: list[str], params: Mapping[str, str]) -> tuple[di
 
 
 def trial_overrides(params: Mapping[str, Any]) -> list[str]:
-    return [f"{key}={value}" for key, value in params.items()]
+    return [f"{key}={params[key]}" for key in sorted(params)]
 
 
 # ------------------------------------------------------------------------------------------- the study

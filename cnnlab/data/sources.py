@@ -341,7 +341,7 @@ class ImageFolder:
                 tensors[f"{split}_x"] = torch.from_numpy(np.concatenate(arrays))
                 tensors[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)
         except BaseException:  # an error or a signal: drop what is queued; the workers end after their chunk
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown(cancel_futures=True)
             raise
         pool.shutdown()
         data = ImageTensors(**tensors, classes=listing["train"][2], description=f"images from {self.root}")
