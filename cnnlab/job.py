@@ -60,8 +60,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         # every check has passed: from here on the run dir is written
         resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
         origin = provenance(launch_dir)
-        with records(run_dir, cfg, hydra_record, resume_at=resume_at, wandb_id=ckpt["wandb_id"] if ckpt else None,
-                     name=name, group=group, provenance=origin) as loggers:
+        with records(run_dir, cfg, config, hydra_record, resume_at=resume_at,
+                     wandb_id=ckpt["wandb_id"] if ckpt else None, name=name, group=group, provenance=origin) as loggers:
             params = sum(p.numel() for p in state.model.parameters())
             log.info("data: %s", data.description)
             log.info("model: %s, %s parameters on %s x %d -> %s", cfg.model._target_, f"{params:,}", runtime.device,

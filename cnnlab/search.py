@@ -56,6 +56,7 @@ class Search:
     heartbeat_interval: int
     grace_period: int
     max_retry: int
+    threads: int | None  # each trial's CPU threads (OMP_NUM_THREADS), where the workers share this machine's cores
     metric: str  # the epoch figure reported to a pruner: val_acc
     objective: str  # what a trial returns (conf/config.yaml, objective): the pictures' axis
 
@@ -235,6 +236,8 @@ def run_trial(search: Search, trial: Any) -> int:
     command = [sys.executable, "-m", "cnnlab.run", *search.hydra_flags, *search.fixed, *overrides, "hydra.mode=RUN",
                f"hydra.run.dir={trial_dir}"]
     env = {**os.environ, LINK_ENV: json.dumps(link)}
+    if search.threads and "OMP_NUM_THREADS" not in os.environ:  # workers x threads beyond the cores slow all
+        env["OMP_NUM_THREADS"] = str(search.threads)
     return subprocess.run(command, cwd=search.launch_dir, env=env).returncode
 
 

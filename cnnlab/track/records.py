@@ -22,13 +22,13 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 @contextlib.contextmanager
-def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, resume_at: tuple[int, int] | None,
-            wandb_id: str | None, name: str | None, group: str | None,
+def records(run_dir: RunDir, cfg: DictConfig, config: dict[str, Any], hydra: dict[str, Any] | None, *,
+            resume_at: tuple[int, int] | None, wandb_id: str | None, name: str | None, group: str | None,
             provenance: dict[str, Any] | None = None) -> Iterator[Loggers]:
     """Open the run's records and yield its loggers; on leaving, close them with the run's status: finished,
-    failed, or interrupted/preempted."""
+    failed, or interrupted/preempted. `config` is `cfg` resolved, as the run's files and W&B record it."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir.config, OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir.config, OmegaConf.to_yaml(config))
     for file_name, content in (hydra or {}).items():  # what Hydra's output_subdir would hold
         atomic_write_text(run_dir.hydra / file_name, OmegaConf.to_yaml(content))
     handler = logging.FileHandler(run_dir.log)
@@ -42,7 +42,7 @@ def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, r
         if cfg.logger.get("_target_"):
             # partial: the run's config must reach W&B as data, not be instantiated recursively
             wandb = build(cfg.logger, "logger", _partial_=True)(
-                run_dir=run_dir, run_config=wandb_config(cfg, provenance), name=name, group=group or name,
+                run_dir=run_dir, run_config=wandb_config(config, provenance), name=name, group=group or name,
                 run_id=wandb_id, history=[r for r in metrics.kept if r["kind"] == "epoch"])
         loggers = Loggers(metrics, ConsoleLogger(), wandb, wandb_id=wandb.run_id if wandb else None)
         yield loggers
@@ -56,10 +56,8 @@ def records(run_dir: RunDir, cfg: DictConfig, hydra: dict[str, Any] | None, *, r
         handler.close()
 
 
-def wandb_config(cfg: DictConfig, provenance: dict[str, Any] | None) -> dict[str, Any]:
+def wandb_config(config: dict[str, Any], provenance: dict[str, Any] | None) -> dict[str, Any]:
     """The resolved config as W&B records it: each node once (data.dataset and data.augment only repeat the
     top-level dataset and augment), and where the run came from."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for mirrored in ("dataset", "augment"):
-        config["data"].pop(mirrored, None)
-    return {**config, "provenance": provenance or {}}
+    data = {k: v for k, v in config["data"].items() if k not in ("dataset", "augment")}
+    return {**config, "data": data, "provenance": provenance or {}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,7 +52,8 @@ class OptunaSweeper(Sweeper):
             sampler=plain(self.sampler) if self.sampler is not None else None,
             pruner=plain(self.pruner) if self.pruner is not None else None, n_trials=s["n_trials"], stop_at=0,
             sweep_dir=str(sweep_dir), launch_dir=str(Path.cwd()), heartbeat_interval=s["heartbeat_interval"],
-            grace_period=s["grace_period"], max_retry=s["max_retry"], metric="val_acc", objective=str(objective))
+            grace_period=s["grace_period"], max_retry=s["max_retry"], threads=self.threads_per_trial(s["n_jobs"]),
+            metric="val_acc", objective=str(objective))
         first = search.study_size(draft)
         plan = search.Search(**{**draft.__dict__, "stop_at": first + s["n_trials"]})
         log.info("search %s: %d trials with %d workers into %s (study: %s, %d trials so far)", plan.study_name,
@@ -63,6 +65,14 @@ class OptunaSweeper(Sweeper):
         if line:
             sys.exit(line)
         return []
+
+    def threads_per_trial(self, n_jobs: int) -> int | None:
+        """The cores shared out among the trials, where the workers run on this machine (threads here, or joblib's
+        processes); None (torch's default) for one worker, or workers on machines of their own."""
+        launcher_target = str(self.config.hydra.launcher.get("_target_", ""))
+        if n_jobs == 1 or not launcher_target.endswith((".BasicLauncher", ".JoblibLauncher")):
+            return None
+        return max(1, (os.cpu_count() or 1) // n_jobs)
 
     def run_workers(self, plan: Any, n_jobs: int) -> int:
         """n_jobs workers: threads here under Hydra's basic launcher (the trials are processes of their own),
