@@ -1,13 +1,13 @@
 """What pruning saves: a 16-trial Optuna search of lr and weight decay on a short recipe, unpruned and with ASHA
-(hparams_search=optuna_asha), one after the other in this run, with the same workers, sampler and seed. Then each
-search's best values again with seeds 1 and 2, for the seed spread of what it found.
-Prints, for each search: its best validation accuracy, the epochs its trials trained, and its wall time.
+(hparams_search=optuna_asha), with the same workers, each with sampler seeds 0, 1 and 2 (unpruned and ASHA in
+turn, all in this run), for the seed spread of what a search finds. Prints, for each search and seed: its best
+validation accuracy, the epochs its trials trained, and its wall time.
 
 The short recipe: a small VGG (32-64-128) with SGD and a cosine lr (no warm-up: ASHA ranks trials at epochs 1 and 3,
 and a warm-up still climbing there ranks them by how high their lr has got), 9 epochs of 20 batches of 256
 CIFAR-10 images, validated on 2,000 held-out images.
 
-  python benchmarks/search_pruning.py [--trials 16] [--jobs 2] [--keep DIR]
+  python benchmarks/search_pruning.py [--trials 16] [--jobs 2] [--seeds 0,1,2] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -56,47 +56,45 @@ def outcome(launch: Path) -> dict:
             "best_params": results["best_params"]}
 
 
-def again(params: dict, launch: Path) -> list[float]:
-    """The best validation accuracy of the recipe with `params`, trained with seeds 1 and 2."""
-    launch.mkdir()
-    cnnlab("-m", *RECIPE, *[f"{k}={v}" for k, v in params.items()], "seed=1,2", cwd=launch)
-    (sweep,) = (launch / "outputs" / "multirun").iterdir()
-    return [json.loads((sweep / str(i) / "summary.json").read_text())["best_val_acc"] for i in (0, 1)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--seeds", default="0,1,2", help="the samplers' seeds: one search of each kind per seed")
     parser.add_argument("--keep", type=Path, help="run the searches in this dir and keep them (pictures included)")
     args = parser.parse_args()
     from cnnlab.track.provenance import machine
 
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     search = ["hparams_search=optuna_asha", *RECIPE, f"hydra.sweeper.n_trials={args.trials}",
               f"hydra.sweeper.n_jobs={args.jobs}"]
+    kinds = {"unpruned": ["hydra.sweeper.pruner=null"], "ASHA": []}
+    found: dict[str, list[dict]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as scratch:
-        tmp = args.keep or Path(scratch)
-        unpruned, asha, seeds = Path(tmp, "unpruned"), Path(tmp, "asha"), Path(tmp, "seeds")
-        for d in (unpruned, asha, seeds):
-            d.mkdir()
-        wall = {"unpruned": cnnlab(*search, "hydra.sweeper.pruner=null", cwd=unpruned),
-                "asha": cnnlab(*search, cwd=asha)}
-        found = {"unpruned": outcome(unpruned), "asha": outcome(asha)}
-        spread = {name: [found[name]["best_val"]] + again(found[name]["best_params"], seeds / name) for name in found}
+        for seed in seeds:
+            for kind, extra in kinds.items():
+                launch = Path(args.keep or scratch, f"{kind}_{seed}")
+                launch.mkdir()
+                wall = cnnlab(*search, *extra, f"hydra.sweeper.sampler.seed={seed}", cwd=launch)
+                found[kind].append({**outcome(launch), "wall": wall, "seed": seed})
     print(f"{machine()}\n{args.trials} trials, {args.jobs} workers; the short recipe: {' '.join(RECIPE)}\n")
-    print("| search | best val acc | its values over seeds 0, 1, 2 | epochs trained | trials (complete / pruned) "
-          "| wall |")
-    print("|---|---:|---|---:|---|---:|")
-    for name in ("unpruned", "asha"):
-        f, values = found[name], spread[name]
-        print(f"| {name} | {100 * f['best_val']:.2f} % | {100 * statistics.fmean(values):.2f} ± "
-              f"{100 * statistics.stdev(values):.2f} % ({', '.join(f'{100 * v:.2f}' for v in values)}) | "
-              f"{f['epochs']} | {f['states'].get('finished', 0)} / {f['states'].get('pruned', 0)} | "
-              f"{wall[name] / 60:.1f} min |")
-    for name in ("unpruned", "asha"):
-        print(f"{name}'s best: {' '.join(f'{k}={v:.3g}' for k, v in found[name]['best_params'].items())}")
-    print(f"ASHA: {found['asha']['epochs'] / found['unpruned']['epochs']:.2f}x the epochs, best val "
-          f"{100 * (found['asha']['best_val'] - found['unpruned']['best_val']):+.2f} points")
+    print("| search | sampler seed | best val acc | epochs trained | trials (complete / pruned) | wall | best values |")
+    print("|---|---:|---:|---:|---|---:|---|")
+    for kind, runs in found.items():
+        for f in runs:
+            values = " ".join(f"{k.split('.')[-1]} {v:.3g}" for k, v in f["best_params"].items())
+            print(f"| {kind} | {f['seed']} | {100 * f['best_val']:.2f} % | {f['epochs']} | "
+                  f"{f['states'].get('finished', 0)} / {f['states'].get('pruned', 0)} | {f['wall'] / 60:.1f} min | "
+                  f"{values} |")
+    print()
+    for kind, runs in found.items():
+        best = [100 * f["best_val"] for f in runs]
+        spread = f" ± {statistics.stdev(best):.2f}" if len(best) > 1 else ""
+        print(f"{kind}: best val {statistics.fmean(best):.2f}{spread} % (range {min(best):.2f}-{max(best):.2f}), "
+              f"{sum(f['epochs'] for f in runs)} epochs, {sum(f['wall'] for f in runs) / 60:.1f} min")
+    ratio = sum(f["epochs"] for f in found["ASHA"]) / sum(f["epochs"] for f in found["unpruned"])
+    wall = sum(f["wall"] for f in found["ASHA"]) / sum(f["wall"] for f in found["unpruned"])
+    print(f"ASHA: {ratio:.2f}x the epochs, {wall:.2f}x the wall time")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,7 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
         data = Data(train, None, test, subset.classes, mean, std, (3, 32, 32), "a subset")
         state = trainer.prepare(model, partial(torch.optim.Adam, lr=1e-3), constant, train, runtime)
         records = Records()  # epoch 1 warms up; epoch 2's rate is the one reported
-        trainer.fit(state, data, runtime, records, RunDir(Path("/nonexistent")), extras={})
+        trainer.fit(state, data, runtime, records, trainer.saver(RunDir(Path("/nonexistent"))))
         ips = [r for r in records.records if r["kind"] == "epoch"][-1]["images_per_second"]
     else:
         dataset = SeedStyle(TensorImages(subset.train_x, subset.train_y), mean, std)

@@ -43,7 +43,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         if runtime.rank == 0:
             held.enter_context(run_dir.held())
         trainer = build(cfg.trainer, "trainer")
-        ckpt = trainer.checkpoint_to_resume(run_dir)
+        saver = trainer.saver(run_dir)
+        ckpt = saver.to_resume(trainer.last_epoch)
         config = OmegaConf.to_container(cfg, resolve=True)
         changes = check_compatible(ckpt, config, cfg.trainer.resume_changes == "allow") if ckpt is not None else []
         seed_everything(cfg.seed + runtime.rank)
@@ -55,7 +56,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         if ckpt is not None:
             trainer.restore(state, ckpt, runtime)
         if runtime.rank > 0:
-            trainer.fit(state, data, runtime, Loggers(), run_dir, extras={}, stop_early=stop_early)  # rank 0 writes
+            trainer.fit(state, data, runtime, Loggers(), saver, stop_early)  # rank 0 writes the files
             return None
         # every check has passed: from here on the run dir is written
         resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
@@ -73,8 +74,8 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
             loggers.summary({"num_parameters": params, "device": str(runtime.device), "precision": runtime.precision,
                              "world_size": runtime.world_size, "run_dir": str(run_dir.path), "data": data.description,
                              "machine": machine(), **origin})
-            extras = {"config": config, "classes": data.classes, "wandb_id": loggers.wandb_id}
-            summary = trainer.fit(state, data, runtime, loggers, run_dir, extras, stop_early)
+            saver.extras = {"config": config, "classes": data.classes, "wandb_id": loggers.wandb_id}
+            summary = trainer.fit(state, data, runtime, loggers, saver, stop_early)
             loggers.outcome = summary.pop("status", "finished")
             loggers.summary(summary)
     return summary[cfg.objective]

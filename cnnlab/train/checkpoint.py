@@ -1,4 +1,5 @@
-"""The checkpoint format, owned here: what last.pt and best.pt hold, how they are written and read back.
+"""The checkpoint format, owned here: what last.pt and best.pt hold, how they are written and read back; and
+`CheckpointSaver`, the one object per run that writes them (where, what with, when) and picks what a run resumes.
 
 A checkpoint is data. It loads with `torch.load(weights_only=True)` (tensors and plain containers, never
 code), and every entry is checked for its type before use. Its recorded config is never instantiated: resume
@@ -19,17 +20,21 @@ import re
 import zipfile
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
-from cnnlab import CnnlabError
+from cnnlab import CnnlabError, distributed
 from cnnlab.atomic import atomic_save
 from cnnlab.config.check import ConfigError, check_node
 from cnnlab.config.schema import RunNode, RuntimeNode, TrainerNode
+from cnnlab.rundir import RunDir
+
+if TYPE_CHECKING:
+    from cnnlab.train.trainer import State
 
 FORMAT = 2
 
@@ -253,3 +258,65 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ the writer
+class CheckpointSaver:
+    """`save`: write checkpoints at all; `every_steps`: last.pt also every that many steps (0: at epoch ends and
+    stops only); `resume`: null (a fresh run dir), auto (continue its last.pt), allow (continue it if there is
+    one) or a path to a last.pt."""
+
+    def __init__(self, run_dir: RunDir, save: bool = True, every_steps: int = 0, resume: str | None = None) -> None:
+        self.run_dir, self.save, self.every_steps, self.resume = run_dir, save, every_steps, resume
+        self.extras: dict[str, Any] = {}  # set once the run's records are open (the W&B id is known then)
+
+    def to_resume(self, last_epoch: int) -> dict[str, Any] | None:
+        """The checkpoint that `resume` names, read and checked, or None to start afresh. Writes nothing."""
+        run_dir, resume = self.run_dir, self.resume
+        last, held = run_dir.last, run_dir.records()
+        if resume is None:
+            if last.exists():
+                raise CnnlabError(f"run dir {run_dir.path} already holds {last.name}: continue it with "
+                                  "trainer.resume=auto (or allow), or pick another hydra.run.dir")
+            if held:
+                raise CnnlabError(f"run dir {run_dir.path} already holds a finished run's {held[0].name} (and no "
+                                  "last.pt to continue): pick another hydra.run.dir")
+            return None
+        if resume == "allow" and not last.exists():
+            return None  # a job requeued before its first checkpoint starts again
+        if resume not in ("auto", "allow") and held and Path(resume).expanduser().resolve() != last.resolve():
+            raise CnnlabError(f"run dir {run_dir.path} already holds {held[0].name}: a checkpoint from elsewhere "
+                              "continues into a new run dir (pick another hydra.run.dir)")
+        if resume == "auto" and not last.exists():
+            raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
+                              "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
+        ckpt = load(last if resume in ("auto", "allow") else Path(resume).expanduser(), "last")
+        done = progress_of(ckpt).epoch - 1
+        if done >= last_epoch:
+            raise CnnlabError(f"nothing to train: checkpoint {ckpt['path']} has finished epoch {done}; set "
+                              "trainer.epochs above that")
+        return ckpt
+
+    def due(self, step: int) -> bool:
+        """Whether last.pt is written at this step, besides epoch ends and stops."""
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save_last(self, state: State, sums: Tensor) -> None:
+        """A resumable last.pt at the state's progress (a collective: every rank takes part, rank 0 writes)."""
+        if not self.save:
+            return
+        rngs, rank_sums = distributed.gather(rng_state()), distributed.gather(sums.tolist())
+        if distributed.rank() == 0:
+            save_last(self.run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
+                                 state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums,
+                                 rngs, state.average.state if state.average is not None else None, self.extras)
+
+    def save_best(self, model: nn.Module, progress: Progress) -> None:
+        """best.pt with the evaluated weights of the best validation epoch (rank 0 only)."""
+        if self.save and distributed.rank() == 0:
+            save_best(self.run_dir.best, model.state_dict(), progress, self.extras)
+
+    def kept(self) -> str:
+        """What a diverged run leaves to go back to, in words."""
+        last = self.run_dir.last
+        return f"the last finite checkpoint is {last}" if last.exists() else "no checkpoint was written"

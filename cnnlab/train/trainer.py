@@ -16,7 +16,6 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from cnnlab.rundir import RunDir
 from cnnlab.runtime import Runtime
 from cnnlab.track import Logger
 from cnnlab.train import checkpoint
-from cnnlab.train.checkpoint import Progress
+from cnnlab.train.checkpoint import CheckpointSaver, Progress
 from cnnlab.train.ema import EmaSchedule, WeightAverage
 from cnnlab.train.mix import mix_batch
 from cnnlab.train.schedules import total_steps
@@ -86,31 +85,9 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction=loss_reduction)
 
     # ------------------------------------------------------------------------------------ prepare, restore
-    def checkpoint_to_resume(self, run_dir: RunDir) -> dict[str, Any] | None:
-        """The checkpoint that `resume` names, read and checked, or None to start afresh. Writes nothing."""
-        last, held = run_dir.last, run_dir.records()
-        if self.resume is None:
-            if last.exists():
-                raise CnnlabError(f"run dir {run_dir.path} already holds {last.name}: continue it with "
-                                  "trainer.resume=auto (or allow), or pick another hydra.run.dir")
-            if held:
-                raise CnnlabError(f"run dir {run_dir.path} already holds a finished run's {held[0].name} (and no "
-                                  "last.pt to continue): pick another hydra.run.dir")
-            return None
-        if self.resume == "allow" and not last.exists():
-            return None  # a job requeued before its first checkpoint starts again
-        if self.resume not in ("auto", "allow") and held and Path(self.resume).expanduser().resolve() != last.resolve():
-            raise CnnlabError(f"run dir {run_dir.path} already holds {held[0].name}: a checkpoint from elsewhere "
-                              "continues into a new run dir (pick another hydra.run.dir)")
-        if self.resume == "auto" and not last.exists():
-            raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
-                              "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
-        ckpt = checkpoint.load(last if self.resume in ("auto", "allow") else Path(self.resume).expanduser(), "last")
-        done = checkpoint.progress_of(ckpt).epoch - 1
-        if done >= self.last_epoch:
-            raise CnnlabError(f"nothing to train: checkpoint {ckpt['path']} has finished epoch {done}; set "
-                              "trainer.epochs above that")
-        return ckpt
+    def saver(self, run_dir: RunDir) -> CheckpointSaver:
+        """The run's checkpoint saver, as `save_checkpoints`, `checkpoint_every_steps` and `resume` configure it."""
+        return CheckpointSaver(run_dir, self.save_checkpoints, self.checkpoint_every_steps, self.resume)
 
     def batches_per_epoch(self, loader: Any) -> int:
         return min(len(loader), self.limit_train or len(loader))
@@ -222,28 +199,28 @@ class Trainer:
                               f"means {steps} steps")
 
     # ----------------------------------------------------------------------------------------------- fit
-    def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, run_dir: RunDir,
-            extras: dict[str, Any], stop_early: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+    def fit(self, state: State, data: Data, runtime: Runtime, logger: Logger, saver: CheckpointSaver,
+            stop_early: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
         """Train, evaluate every `eval_every` epochs, log and checkpoint; return the run's summary. `stop_early`
         (a search's pruner) sees each epoch's record once its last.pt is written, and may end the run there."""
         p, summary, start = state.progress, {}, time.perf_counter()
         runtime.stop.armed = True  # from here a signal stops the run at a step boundary, with last.pt written
         try:
             while p.epoch <= self.last_epoch:
-                record, sums = self.train_epoch(state, data.train, runtime, logger, run_dir, extras)
+                record, sums = self.train_epoch(state, data.train, runtime, logger, saver)
                 if p.epoch % self.eval_every == 0 or p.epoch == self.last_epoch:
                     try:
-                        record.update(self.evaluate_epoch(state, data, runtime, run_dir, extras))
+                        record.update(self.evaluate_epoch(state, data, runtime, saver))
                     except Interrupted:
-                        self.save_last(state, run_dir, sums, extras)  # the epoch trained: resume evaluates it
+                        self.save_last(state, saver, sums)  # the epoch trained: resume evaluates it
                         raise
                 record["seconds"] = time.perf_counter() - start
-                self.check_finite(state, run_dir)
+                self.check_finite(state, saver)
                 logger.log(record)
                 summary.update({f"final_{k}": v for k, v in record.items() if k.endswith(("_loss", "_acc"))})
                 summary.update(epoch=p.epoch, step=p.step, images_per_second=record["images_per_second"])
                 p.epoch, p.batch = p.epoch + 1, 0
-                self.save_last(state, run_dir, torch.zeros(3), extras)
+                self.save_last(state, saver, torch.zeros(3))
                 if stop_early is not None and p.epoch <= self.last_epoch and distributed.broadcast(stop_early(record)):
                     log.info("pruned at epoch %d: the search stops this trial here", record["epoch"])
                     summary.update(status="pruned", pruned_at_epoch=record["epoch"])
@@ -254,8 +231,8 @@ class Trainer:
                        train_seconds=time.perf_counter() - start)
         return summary
 
-    def train_epoch(self, state: State, loader: Any, runtime: Runtime, logger: Logger, run_dir: RunDir,
-                    extras: dict[str, Any]) -> tuple[dict[str, Any], Tensor]:
+    def train_epoch(self, state: State, loader: Any, runtime: Runtime, logger: Logger,
+                    saver: CheckpointSaver) -> tuple[dict[str, Any], Tensor]:
         """Train the rest of the epoch; its record, and its running sums (loss, correct, images) on the device."""
         p = state.progress
         state.model.train()
@@ -286,7 +263,7 @@ class Trainer:
             if p.step % self.log_every == 0:
                 loss_sum, correct, seen = totals(sums)
                 if not math.isfinite(loss_sum):
-                    self.diverged(state, run_dir, f"the train loss is {loss_sum / seen}")
+                    self.diverged(state, saver, f"the train loss is {loss_sum / seen}")
                 now = time.perf_counter()
                 logger.log({"kind": "step", "epoch": p.epoch, "step": p.step, "batch": p.batch, "batches": batches,
                             "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -295,10 +272,10 @@ class Trainer:
                 mark, mark_images = now, seen
                 stop = distributed.any_rank(runtime.stop.signum)
             if stop:
-                self.save_last(state, run_dir, sums, extras)
+                self.save_last(state, saver, sums)
                 raise Interrupted(stop)
-            if self.checkpoint_every_steps and p.step % self.checkpoint_every_steps == 0:
-                self.save_last(state, run_dir, sums, extras)
+            if saver.due(p.step):
+                self.save_last(state, saver, sums)
         loss_sum, correct, seen = totals(sums)
         seconds = time.perf_counter() - epoch_start
         return {"kind": "epoch", "epoch": p.epoch, "step": p.step, "train_loss": loss_sum / max(seen, 1),
@@ -348,8 +325,7 @@ class Trainer:
                     state.average.copy_to(state.model)
 
     # ------------------------------------------------------------------------------------------ evaluate
-    def evaluate_epoch(self, state: State, data: Data, runtime: Runtime, run_dir: RunDir,
-                       extras: dict[str, Any]) -> dict[str, float]:
+    def evaluate_epoch(self, state: State, data: Data, runtime: Runtime, saver: CheckpointSaver) -> dict[str, float]:
         """Validation and test figures of the evaluated weights (the average's, where configured); a new best
         validation accuracy writes best.pt with them. Test selects nothing."""
         p, record = state.progress, {}
@@ -359,9 +335,8 @@ class Trainer:
         record.update(self.evaluate(model, data.test, runtime, "test"))
         if "val_acc" in record and (p.best_val_acc is None or record["val_acc"] > p.best_val_acc):
             p.best_val_acc, p.best_epoch, p.test_acc_at_best = record["val_acc"], p.epoch, record["test_acc"]
-            self.check_finite(state, run_dir)
-            if self.save_checkpoints and runtime.rank == 0:
-                checkpoint.save_best(run_dir.best, model.state_dict(), p, extras)
+            self.check_finite(state, saver)
+            saver.save_best(model, p)
         return record
 
     def evaluated_model(self, state: State) -> nn.Module:
@@ -392,29 +367,21 @@ class Trainer:
         return {f"{split}_loss": loss_sum / seen, f"{split}_acc": correct / seen}
 
     # ------------------------------------------------------------------------------------- checkpoints
-    def save_last(self, state: State, run_dir: RunDir, sums: Tensor, extras: dict[str, Any]) -> None:
-        """A resumable last.pt at the current progress (a collective: every rank takes part, rank 0 writes)."""
-        self.check_finite(state, run_dir)
-        if not self.save_checkpoints:
-            return
-        rngs, rank_sums = distributed.gather(checkpoint.rng_state()), distributed.gather(sums.tolist())
-        if distributed.rank() == 0:
-            checkpoint.save_last(run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
-                                 state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums,
-                                 rngs, state.average.state if state.average is not None else None, extras)
+    def save_last(self, state: State, saver: CheckpointSaver, sums: Tensor) -> None:
+        """last.pt at the current progress, once the weights are known to be finite (a collective)."""
+        self.check_finite(state, saver)
+        saver.save_last(state, sums)
 
-    def check_finite(self, state: State, run_dir: RunDir) -> None:
+    def check_finite(self, state: State, saver: CheckpointSaver) -> None:
         bad = checkpoint.nonfinite(state.model.state_dict())
         if distributed.any_rank(len(bad)):
-            self.diverged(state, run_dir, f"{len(bad)} weight and buffer tensors hold NaN or inf "
+            self.diverged(state, saver, f"{len(bad)} weight and buffer tensors hold NaN or inf "
                                           f"({bad[0] if bad else 'on another rank'})")
 
-    def diverged(self, state: State, run_dir: RunDir, what: str) -> None:
+    def diverged(self, state: State, saver: CheckpointSaver, what: str) -> None:
         p = state.progress
-        kept = f"the last finite checkpoint is {run_dir.last}" if run_dir.last.exists() else \
-            "no checkpoint was written"
-        raise CnnlabError(f"training diverged at epoch {p.epoch}, step {p.step}: {what}; {kept}; lower optim.lr or "
-                          "set trainer.grad_clip")
+        raise CnnlabError(f"training diverged at epoch {p.epoch}, step {p.step}: {what}; {saver.kept()}; lower "
+                          "optim.lr or set trainer.grad_clip")
 
 
 def parameter_kinds(model: nn.Module) -> dict[str, set[str]]:
