@@ -335,6 +335,7 @@ def test_the_cpu_recipes_are_the_airbench_recipe_cut_short_and_run(tmp_path: Pat
     assert {**cfg.augment, "drop_last": None} == {**airbench.augment, "drop_last": None}  # they keep the last batch
     assert (cfg.optim.momentum, cfg.optim.nesterov) == (airbench.optim.momentum, airbench.optim.nesterov)
     assert (cfg.trainer.epochs, cfg.data.batch_size, cfg.trainer.tta) == (epochs, batch_size, tta)
-    train(make_cfg(f"experiment={name}", *SYNTH, "logger=none", "data.batch_size=128"), tmp_path)
+    train(make_cfg(f"experiment={name}", *SYNTH, "dataset.val_size=64", "logger=none", "data.batch_size=128"),
+          tmp_path)
     epochs_run = epochs_of(tmp_path)
     assert len(epochs_run) == epochs and "test_acc" in epochs_run[-1]
