@@ -79,14 +79,14 @@ ADDED_SINCE_FORMAT_2 = {f".{node}.{f.name}": f.default for node, declared in (("
                         for f in fields(declared) if f.default is not MISSING}
 
 
-def save_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
-              running: list, rng: list, average: dict | None, extras: dict[str, Any]) -> None:
+def write_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
+               running: list, rng: list, average: dict | None, extras: dict[str, Any]) -> None:
     atomic_save({"format": FORMAT, "kind": "last", "model": model, "optimizer": optimizer, "scheduler": scheduler,
                  "scaler": scaler, "progress": asdict(progress), "running": running, "rng": rng, "average": average,
                  **extras}, path)
 
 
-def save_best(path: Path, model: dict, progress: Progress, extras: dict[str, Any]) -> None:
+def write_best(path: Path, model: dict, progress: Progress, extras: dict[str, Any]) -> None:
     atomic_save({"format": FORMAT, "kind": "best", "model": model, "progress": asdict(progress), **extras}, path)
 
 
@@ -307,14 +307,14 @@ class CheckpointSaver:
             return
         rngs, rank_sums = distributed.gather(rng_state()), distributed.gather(sums.tolist())
         if distributed.rank() == 0:
-            save_last(self.run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
-                                 state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums,
-                                 rngs, state.average.state if state.average is not None else None, self.extras)
+            write_last(self.run_dir.last, state.model.state_dict(), state.optimizer.state_dict(),
+                       state.scheduler.state_dict(), state.scaler.state_dict(), state.progress, rank_sums, rngs,
+                       state.average.state if state.average is not None else None, self.extras)
 
     def save_best(self, model: nn.Module, progress: Progress) -> None:
         """best.pt with the evaluated weights of the best validation epoch (rank 0 only)."""
         if self.save and distributed.rank() == 0:
-            save_best(self.run_dir.best, model.state_dict(), progress, self.extras)
+            write_best(self.run_dir.best, model.state_dict(), progress, self.extras)
 
     def kept(self) -> str:
         """What a diverged run leaves to go back to, in words."""

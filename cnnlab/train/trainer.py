@@ -376,7 +376,7 @@ class Trainer:
         bad = checkpoint.nonfinite(state.model.state_dict())
         if distributed.any_rank(len(bad)):
             self.diverged(state, saver, f"{len(bad)} weight and buffer tensors hold NaN or inf "
-                                          f"({bad[0] if bad else 'on another rank'})")
+                                        f"({bad[0] if bad else 'on another rank'})")
 
     def diverged(self, state: State, saver: CheckpointSaver, what: str) -> None:
         p = state.progress
