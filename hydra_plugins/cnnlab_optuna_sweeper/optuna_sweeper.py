@@ -66,11 +66,16 @@ class OptunaSweeper(Sweeper):
             sys.exit(line)
         return []
 
+    @property
+    def workers_are_threads(self) -> bool:
+        """Under Hydra's basic launcher the workers are threads of this process; any other launcher runs them."""
+        return str(self.config.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher")
+
     def threads_per_trial(self, n_jobs: int) -> int | None:
-        """The cores shared out among the trials, where the workers run on this machine (threads here, or joblib's
-        processes); None (torch's default) for one worker, or workers on machines of their own."""
-        launcher_target = str(self.config.hydra.launcher.get("_target_", ""))
-        if n_jobs == 1 or not launcher_target.endswith((".BasicLauncher", ".JoblibLauncher")):
+        """The cores shared out among the trials of workers that are threads here; None (torch's default) for one
+        worker, or workers that a launcher runs (joblib limits its workers' threads itself; SLURM gives each
+        job its own cores)."""
+        if n_jobs == 1 or not self.workers_are_threads:
             return None
         return max(1, (os.cpu_count() or 1) // n_jobs)
 
@@ -79,8 +84,7 @@ class OptunaSweeper(Sweeper):
         else jobs of the configured launcher (joblib, submitit, ...). Returns a stop's exit code, or 0."""
         from cnnlab.search import Stopped, work
 
-        launcher_target = str(self.config.hydra.launcher.get("_target_", ""))
-        if launcher_target.endswith(".BasicLauncher"):
+        if self.workers_are_threads:
             with ThreadPoolExecutor(n_jobs) as pool:
                 futures = [pool.submit(work, plan, i) for i in range(n_jobs)]
                 codes = [stopped_code(f.exception()) for f in futures]
