@@ -19,15 +19,16 @@ from time_to_accuracy import ROOT, run_seed  # a sibling script: benchmarks/ is 
 from cnnlab.track.provenance import machine
 
 REMOVALS = {  # method -> the overrides that take it out of the recipe
-    "whitening stem": ["model.whiten=false", "trainer.whiten_bias_epochs=null"],
-    "dirac init (PyTorch's default)": ["model.init=pytorch_default"],
-    "GELU (ReLU)": ["model.activation=relu"],
-    "BatchNorm options (PyTorch's defaults)": ["model.bn_momentum=0.1", "model.bn_eps=1e-5", "model.bn_scale=true"],
+    "whitening stem": ["model.whiten=false", "trainer.whiten_bias.epochs=null"],
+    "dirac init (PyTorch's default)": ["model.style.init=pytorch_default"],
+    "GELU (ReLU)": ["model.style.activation=relu"],
+    "BatchNorm options (PyTorch's defaults)": ["model.style.bn_momentum=0.1", "model.style.bn_eps=1e-5",
+                                               "model.style.bn_scale=true"],
     "BatchNorm-bias parameter group": ["trainer.param_groups=[]"],
     "Lookahead": ["trainer.ema.every=0"],
     "alternating flip (random flip)": ["augment.flip=true"],
     "reflect padding (zeros)": ["augment.padding_mode=zeros"],
-    "label smoothing": ["trainer.label_smoothing=0"],
+    "label smoothing": ["trainer.loss.label_smoothing=0"],
     "output scale": ["model.output_scale=1.0"],
     "translated TTA views (mirror only)": ["trainer.tta=flip"],
     "TTA": ["trainer.tta=none"],

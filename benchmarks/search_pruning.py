@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ["model=vgg11_bn", "model.cfg=[32,M,64,M,128,M]", "model.classifier_hidden=[]",
           "model.classifier_dropout=0.0", "optim=sgd", "sched=cosine", "data.batch_size=256", "trainer.epochs=9",
-          "trainer.limit_train_batches=20", "trainer.limit_eval_batches=4", "data.eval_batch_size=500",
+          "trainer.limits.train_batches=20", "trainer.limits.eval_batches=4", "data.eval_batch_size=500",
           "dataset.val_size=2000", "logger=none"]
 
 

@@ -31,6 +31,7 @@ from cnnlab.data.torchvision_loader import FileImages, TensorImages, Torchvision
 from cnnlab.rundir import RunDir
 from cnnlab.runtime import Runtime
 from cnnlab.track.provenance import machine
+from cnnlab.train.checkpoint import CheckpointSaver
 from cnnlab.train.schedules import constant
 from cnnlab.train.trainer import Trainer
 
@@ -145,14 +146,14 @@ def child(name: str, variant: str, steps: int, data_dir: str) -> dict:
     flops = flops_per_image(model)
     if variant.startswith("cnnlab"):
         runtime = Runtime(**CNNLAB_VARIANTS[variant])
-        trainer = Trainer(epochs=2, log_every=10**9, save_checkpoints=False)
+        trainer = Trainer(epochs=2, log_every=10**9)
         train = TensorLoader(subset.train_x, subset.train_y, BATCH, mean, std, train=True,
                              channels_last=runtime.channels_last)
         test = TensorLoader(subset.test_x, subset.test_y, BATCH, mean, std, train=False)
         data = Data(train, None, test, subset.classes, mean, std, (3, 32, 32), "a subset")
         state = trainer.prepare(model, partial(torch.optim.Adam, lr=1e-3), constant, train, runtime)
         records = Records()  # epoch 1 warms up; epoch 2's rate is the one reported
-        trainer.fit(state, data, runtime, records, trainer.saver(RunDir(Path("/nonexistent"))))
+        trainer.fit(state, data, runtime, records, CheckpointSaver(RunDir(Path("/nonexistent")), save=False))
         ips = [r for r in records.records if r["kind"] == "epoch"][-1]["images_per_second"]
     else:
         dataset = SeedStyle(TensorImages(subset.train_x, subset.train_y), mean, std)

@@ -32,7 +32,7 @@ from cnnlab.rundir import RunDir
 from cnnlab.track.metrics import read_metrics
 
 # never what makes two configs differ: the seed (rows average over it), and where files live
-IGNORED = {"seed", "data.seed", "trainer.resume", "cache_dir", "data.cache_dir", "data_dir"}
+IGNORED = {"seed", "data.seed", "checkpoints.resume", "cache_dir", "data.cache_dir", "data_dir"}
 METRICS = (("val_acc", "validation accuracy"), ("test_acc", "test accuracy"), ("train_loss", "train loss"))
 
 

@@ -62,7 +62,7 @@ def reported(work: Callable[[], T], out_dir: Path, sweep: SweepDir | None = None
     except Interrupted as e:
         remove_if_empty(out_dir)
         last = RunDir(out_dir).last
-        held = f"; {last} holds the run: continue it with trainer.resume=auto hydra.run.dir={out_dir}" \
+        held = f"; {last} holds the run: continue it with checkpoints.resume=auto hydra.run.dir={out_dir}" \
             if last.exists() else ""
         print(f"{e}{held}", file=sys.stderr)
         if e.then is not None:

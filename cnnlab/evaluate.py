@@ -1,8 +1,8 @@
 """`python -m cnnlab.evaluate checkpoint=<path> [tta=flip] [split=val]` (or `cnnlab-evaluate`): test a trained
 model, class by class.
 
-A checkpoint is data: its recorded config is checked against cnnlab's schema (every key typed, every
-`_target_` one of cnnlab's models) before the model is rebuilt from it, so no checkpoint, however crafted, can make
+A checkpoint is data: its recorded config passes the checks a run's config does (every key typed, every
+`_target_` one that cnnlab declares) before the model is rebuilt from it, so no checkpoint, however crafted, can make
 this run code. The data comes from this machine's config of the recorded dataset: a checkpoint never decides a
 path, a URL, a download or a worker count.
 """
@@ -28,6 +28,7 @@ from cnnlab.config import build, validate_evaluate
 from cnnlab.entry import command, reported
 from cnnlab.runtime import Runtime
 from cnnlab.train import checkpoint
+from cnnlab.train.recorded import recorded_config
 from cnnlab.train.trainer import logits
 
 log = logging.getLogger("cnnlab")
@@ -36,13 +37,13 @@ log = logging.getLogger("cnnlab")
 def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     validate_evaluate(cfg)
     ckpt = checkpoint.load(cfg.checkpoint)
-    recorded = checkpoint.recorded_config(ckpt)
+    recorded = recorded_config(ckpt)
     data_cfg = local_data(recorded, cfg, ckpt["path"])
     with build(cfg.runtime, "runtime") as runtime:
         model = build(recorded.model, "model")
         checkpoint.check_tensors(f"checkpoint {ckpt['path']}", "model", ckpt["model"], model.state_dict())
         model.load_state_dict(ckpt["model"])
-        data = build(data_cfg, "data")(device=runtime.device, channels_last=runtime.channels_last)
+        data = build(data_cfg, "data")(runtime.device, 0, 1, runtime.channels_last)
         if data.classes != ckpt["classes"]:
             raise CnnlabError(f"checkpoint {ckpt['path']} was trained on classes {ckpt['classes'][:5]}..., the data "
                               f"has {data.classes[:5]}...")

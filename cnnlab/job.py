@@ -26,7 +26,8 @@ from cnnlab.rundir import RunDir
 from cnnlab.track import Loggers
 from cnnlab.track.provenance import machine, provenance
 from cnnlab.track.records import records
-from cnnlab.train.checkpoint import check_compatible
+from cnnlab.track.wandb_logger import wandb_config
+from cnnlab.train.recorded import check_compatible
 
 log = logging.getLogger("cnnlab")
 
@@ -43,26 +44,28 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
         if runtime.rank == 0:
             held.enter_context(run_dir.held())
         trainer = build(cfg.trainer, "trainer")
-        saver = trainer.saver(run_dir)
+        saver = build(cfg.checkpoints, "checkpoints")(run_dir)
         ckpt = saver.to_resume(trainer.last_epoch)
         config = OmegaConf.to_container(cfg, resolve=True)
-        changes = check_compatible(ckpt, config, cfg.trainer.resume_changes == "allow") if ckpt is not None else []
+        changes = check_compatible(ckpt, config, saver.allow_changes) if ckpt is not None else []
         seed_everything(cfg.seed + runtime.rank)
-        data = build(cfg.data, "data")(device=runtime.device, rank=runtime.rank, world_size=runtime.world_size,
-                                       channels_last=runtime.channels_last)
+        data = build(cfg.data, "data")(runtime.device, runtime.rank, runtime.world_size, runtime.channels_last)
         model = build_model(cfg, data, runtime.rank)
         state = trainer.prepare(model, build(cfg.optim, "optim"), build(cfg.sched, "sched"), data.train, runtime)
         fit_whitening(state.model, data.train.first_images(WHITENING_IMAGES).to(runtime.device))
         if ckpt is not None:
-            trainer.restore(state, ckpt, runtime)
+            trainer.restore(state, ckpt, runtime, saver.allow_changes)
         if runtime.rank > 0:
             trainer.fit(state, data, runtime, Loggers(), saver, stop_early)  # rank 0 writes the files
             return None
         # every check has passed: from here on the run dir is written
         resume_at = (ckpt["progress"]["step"], ckpt["progress"]["epoch"]) if ckpt else None
         origin = provenance(launch_dir)
-        with records(run_dir, cfg, config, hydra_record, resume_at=resume_at,
-                     wandb_id=ckpt["wandb_id"] if ckpt else None, name=name, group=group, provenance=origin) as loggers:
+        with records(run_dir, config, hydra_record, resume_at=resume_at) as loggers:
+            if cfg.logger.get("_target_"):
+                wandb = build(cfg.logger, "logger")(run_dir, wandb_config(config, origin), name, group or name,
+                                                    ckpt["wandb_id"] if ckpt else None)
+                loggers.add(wandb, wandb_id=wandb.run_id)
             params = sum(p.numel() for p in state.model.parameters())
             log.info("data: %s", data.description)
             log.info("model: %s, %s parameters on %s x %d -> %s", cfg.model._target_, f"{params:,}", runtime.device,
@@ -70,7 +73,7 @@ def train(cfg: DictConfig, run_dir: str | Path, name: str | None = None, group: 
             if ckpt is not None:
                 log.info("resuming %s at epoch %d, step %d", ckpt["path"], state.progress.epoch, state.progress.step)
             for change in changes:
-                log.warning("resumed with a changed value (trainer.resume_changes=allow): %s", change)
+                log.warning("resumed with a changed value (checkpoints.resume_changes=allow): %s", change)
             loggers.summary({"num_parameters": params, "device": str(runtime.device), "precision": runtime.precision,
                              "world_size": runtime.world_size, "run_dir": str(run_dir.path), "data": data.description,
                              "machine": machine(), **origin})

@@ -14,19 +14,24 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Gt, Le
 from torch import Tensor, nn
 
 from cnnlab import PREEMPTION_SIGNAL, CnnlabError, Interrupted, distributed
+from cnnlab.types import text
+
+Device = text(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N, mps")
 
 
 class Runtime:
-    def __init__(self, device: str = "auto", precision: str = "auto", channels_last: str | bool = "auto",
-                 compile: bool = False, deterministic: bool = False, strategy: str = "single",
-                 sync_batchnorm: bool = False, ddp_timeout_s: float = 600,
-                 hold_freed_memory: str | bool = "auto") -> None:
+    def __init__(self, device: Device = "auto", precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto",
+                 channels_last: Literal["auto"] | bool = "auto", compile: bool = False,
+                 deterministic: bool = False, strategy: Literal["single", "ddp"] = "single",
+                 sync_batchnorm: bool = False, ddp_timeout_s: Annotated[float, Gt(0), Le(7 * 86400)] = 600,
+                 hold_freed_memory: Literal["auto"] | bool = "auto") -> None:
         self.device = pick_device(device)
         on_cpu = self.device.type == "cpu"
         self.hold_freed_memory = hold_freed_memory is True or (hold_freed_memory == "auto" and on_cpu)

@@ -4,25 +4,27 @@ schema node refuses a wrong type and an out-of-range value in one line, and the 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import re
 import types
-import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import pydantic
 import pytest
+from annotated_types import Ge, Gt, Le, Len, Lt
 from conftest import CONF, make_cfg
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pydantic import StringConstraints
 
 from cnnlab import CnnlabError
 from cnnlab.config import ConfigError, validate, validate_evaluate
-from cnnlab.config import schema as S
-from cnnlab.config.check import LINKED, Length, Pattern, Range, target_of
+from cnnlab.config.check import keys_of, names, one_of, strip
+from cnnlab.config.root import RunConfig
 from cnnlab.job import train
+from cnnlab.types import STRICT, Options
 
 GROUPS = ["model", "optim", "sched", "dataset", "augment", "trainer", "runtime", "logger", "debug"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
@@ -54,14 +56,14 @@ def test_every_experiment_passes_the_schema_and_builds_its_model(name: str) -> N
     assert instantiate(cfg.optim).func is not None and instantiate(cfg.sched).func is not None
 
 
-def test_a_key_with_a_schema_default_may_be_absent_from_a_recorded_config_and_no_other_may() -> None:
+def test_a_key_with_a_declared_default_may_be_absent_from_a_recorded_config_and_no_other_may() -> None:
     cfg = make_cfg()
     with open_dict(cfg):
         del cfg.runtime.hold_freed_memory  # added after checkpoints of this format were written
     validate(cfg)
     with open_dict(cfg):
-        del cfg.runtime.compile
-    with pytest.raises(ConfigError, match=r"^runtime\.compile is missing; allowed: true or false$"):
+        del cfg.model.num_classes
+    with pytest.raises(ConfigError, match=r"^model\.num_classes is missing; allowed: an integer >= 1 and <= 100000$"):
         validate(cfg)
 
 
@@ -71,31 +73,36 @@ def test_the_evaluate_config_passes_its_schema_once_a_checkpoint_is_given() -> N
         validate_evaluate(make_cfg(config_name="evaluate"))
 
 
-# ------------------------------------------------------------------------------ generated from the schema
-def leaves(node: Any, schema: type, key: str = "") -> Iterator[tuple[type, str, str, Any]]:
-    """(schema node, field, full key, type) of every leaf key the config `node` has under `schema`."""
-    hints = typing.get_type_hints(schema, include_extras=True)
-    for f in dataclasses.fields(schema):
-        hint, full = hints[f.name], f"{key}.{f.name}" if key else f.name
-        base = get_args(hint)[0] if get_origin(hint) is Annotated else hint
-        if dataclasses.is_dataclass(base):
-            if LINKED not in get_args(hint):  # a linked node is checked at its home
-                yield from leaves(node[f.name], base, full)
-        elif get_origin(hint) in (Union, types.UnionType) and any(dataclasses.is_dataclass(a) for a in get_args(hint)):
-            target = node[f.name].get("_target_")
-            (chosen,) = [a for a in get_args(hint) if target_of(a) == target]
-            yield from leaves(node[f.name], chosen, full)
+# ------------------------------------------------------------------------- generated from the declarations
+def leaves(node: Any, declared: Any, key: str = "") -> Iterator[tuple[Any, str, str, Any]]:
+    """(declaring target, key name, full key, type) of every leaf key the config `node` has under `declared`."""
+    for name, spec in keys_of(declared).items():
+        full = f"{key}.{name}" if key else name
+        if name not in node:  # a key at its declared default
+            continue
+        options, base = one_of(spec.hint), strip(spec.hint)
+        if options:
+            if not OmegaConf.is_interpolation(node, name):  # an interpolated node is checked at its home
+                target = node[name].get("_target_")
+                yield from (item for t in options.targets if t is not None and target in names(t)
+                            for item in leaves(node[name], t, full))
+        elif isinstance(base, type) and issubclass(base, Options):
+            yield from leaves(node[name], base, full)
         else:
-            yield schema, f.name, full, hint
+            yield declared, name, full, spec.hint
+
+
+def label(declared: Any) -> str:
+    return getattr(declared, "__name__", "?")
 
 
 def every_leaf() -> list[tuple[str, str, Any, list[str]]]:
-    """Each (schema node, field) once, with the key it has in the first config option that holds it."""
-    seen: dict[tuple[type, str], tuple[str, str, Any, list[str]]] = {}
+    """Each (declaring target, key) once, with the key it has in the first config option that holds it."""
+    seen: dict[tuple[Any, str], tuple[str, str, Any, list[str]]] = {}
     for group, option in OPTIONS:
         overrides = [f"{group}={option}", *NEEDS.get(option, [])]
-        for schema, name, key, hint in leaves(compose_option(group, option), S.RunNode):
-            seen.setdefault((schema, name), (f"{schema.__name__}.{name}", key, hint, overrides))
+        for declared, name, key, hint in leaves(compose_option(group, option), RunConfig):
+            seen.setdefault((declared, name), (f"{label(declared)}.{name}", key, hint, overrides))
     return list(seen.values())
 
 
@@ -114,17 +121,17 @@ def out_of_range(hint: Any) -> Any | None:
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
         for extra in args[1:]:
-            if isinstance(extra, Range):
-                return extra.ge - 1 if extra.ge is not None else extra.gt if extra.gt is not None else \
-                    extra.le + 1 if extra.le is not None else extra.lt
-            if isinstance(extra, Length):
-                return [0.5] * (extra.n + 1)
-            if isinstance(extra, Pattern):
-                return next(v for v in ("%%% no match %%%", "", "a\nb") if not re.fullmatch(extra.regex, v))
+            for kind, shift in ((Ge, -1), (Gt, 0), (Le, 1), (Lt, 0)):
+                if isinstance(extra, kind):
+                    return getattr(extra, kind.__name__.lower()) + shift
+            if isinstance(extra, Len):
+                return [0.5] * (extra.min_length + 1)
+            if isinstance(extra, StringConstraints):
+                return next(v for v in ("%%% no match %%%", "", "a\nb") if not re.fullmatch(extra.pattern, v))
         return out_of_range(args[0])
     if origin is Literal:
         return "bogus"
-    if origin is list:
+    if origin in (list, Sequence):
         inner = out_of_range(args[0])
         return None if inner is None else [inner]
     if origin in (Union, types.UnionType):
@@ -136,12 +143,10 @@ def out_of_range(hint: Any) -> Any | None:
 
 
 def _allows(hint: Any, value: Any) -> bool:
-    from cnnlab.config.check import check
-
     try:
-        check(value, hint, "x")
+        pydantic.TypeAdapter(hint, config=STRICT).validate_python(value)
         return True
-    except ConfigError:
+    except pydantic.ValidationError:
         return False
 
 
@@ -217,7 +222,7 @@ def test_a_special_value_the_schema_takes_trains_or_fails_in_one_line(name: str,
     if key.startswith("dataset.") and composed(tuple(overrides)).dataset.name != "synthetic":
         pytest.skip("a real dataset's source: its empty strings are tried by tests/test_sources.py")
     cfg = make_cfg(*overrides, *data, "dataset.source.train_size=256", "dataset.source.test_size=64", "logger=none",
-                   "trainer.epochs=1", "trainer.limit_train_batches=2", "trainer.limit_eval_batches=1",
+                   "trainer.epochs=1", "trainer.limits.train_batches=2", "trainer.limits.eval_batches=1",
                    "data.batch_size=32")
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, force_add=True)
@@ -227,10 +232,20 @@ def test_a_special_value_the_schema_takes_trains_or_fails_in_one_line(name: str,
         assert "\n" not in str(e)
 
 
-def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
+def declared_targets(declared: Any) -> set[str]:
+    """Every target a run's config may name, below `declared`."""
+    found = set()
+    for spec in keys_of(declared).values():
+        options = one_of(spec.hint)
+        for target in options.targets if options else ():
+            if target is not None:
+                found |= {label(target)} | declared_targets(target)
+    return found
+
+
+def test_the_generated_tests_reach_every_declared_target_and_most_keys() -> None:
     nodes = {name.split(".")[0] for name, *_ in LEAVES}
-    defined = {n for n, v in vars(S).items() if n.endswith("Node") and dataclasses.fields(v)}
-    assert defined - {"EvaluateNode", "RunNode", "ParamGroupNode"} <= nodes  # (a list's items: tested below)
+    assert declared_targets(RunConfig) <= nodes  # (a list's items, the param_groups rules: tested below)
     assert len(LEAVES) > 90 and len(RANGED) > 60
 
 
@@ -238,7 +253,7 @@ def test_the_generated_tests_reach_every_schema_node_and_most_keys() -> None:
     ("trainer.grad_clip=-1", "trainer.grad_clip is -1; allowed: a number > 0 or null"),
     ("runtime.compile=maybe", "runtime.compile is 'maybe'; allowed: true or false"),
     ("runtime.channels_last=maybe", "runtime.channels_last is 'maybe'; allowed: auto | true | false"),
-    ("trainer.label_smoothing=1.5", "trainer.label_smoothing is 1.5; allowed: a number >= 0 and < 1"),
+    ("trainer.loss.label_smoothing=1.5", "trainer.loss.label_smoothing is 1.5; allowed: a number >= 0 and < 1"),
     ("augment.crop_padding=-2", "augment.crop_padding is -2; allowed: an integer >= 0"),
     ("model=resnet18 model.layers=[0,0,0,0]", "model.layers[0] is 0; allowed: an integer >= 1"),
     ("+trainer.foo=1", "trainer.foo is not a key of trainer (cnnlab.train.trainer.Trainer); allowed keys: "),
@@ -275,10 +290,10 @@ def test_seed_experiments_are_the_seeds_main_py(name: str) -> None:
     cfg = make_cfg(f"experiment={name}")
     assert cfg.model == make_cfg(f"model={name.removeprefix('seed_')}").model
     assert cfg.data.batch_size == 100 and cfg.trainer.epochs == 250
-    assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0
+    assert cfg.optim._target_ == "cnnlab.train.optimizers.adam" and cfg.optim.lr == 1e-3 and cfg.optim.weight_decay == 0
     assert cfg.sched._target_ == "cnnlab.train.schedules.constant" and cfg.sched.warmup_epochs == 0
     assert cfg.augment.crop_padding == 4 and cfg.augment.flip and cfg.augment.padding_mode == "zeros"
-    assert cfg.augment.cutout == 0 and cfg.trainer.label_smoothing == 0 and cfg.runtime.precision == "fp32"
+    assert cfg.augment.cutout == 0 and cfg.trainer.loss.label_smoothing == 0 and cfg.runtime.precision == "fp32"
     assert list(cfg.dataset.mean) == [0.4914, 0.4822, 0.4465]
     assert list(cfg.dataset.std) == [0.2023, 0.1994, 0.2010]  # the seed's (wrong) std, for fidelity
     assert cfg.dataset.val_size == 0 and cfg.objective == "final_test_acc"  # the seed had no validation split
@@ -310,7 +325,7 @@ def test_shared_recipes_are_inherited_not_restated() -> None:
 
 
 def test_seed_resume_continues_a_checkpoint_for_one_more_epoch() -> None:
-    assert make_cfg("experiment=seed_resume").trainer.resume == "auto"
-    cfg = make_cfg("experiment=seed_resume", "trainer.resume=/runs/x/last.pt")
-    assert cfg.trainer.epochs == 251 and cfg.trainer.resume == "/runs/x/last.pt"
+    assert make_cfg("experiment=seed_resume").checkpoints.resume == "auto"
+    cfg = make_cfg("experiment=seed_resume", "checkpoints.resume=/runs/x/last.pt")
+    assert cfg.trainer.epochs == 251 and cfg.checkpoints.resume == "/runs/x/last.pt"
     assert cfg.optim.lr == 1e-3 and cfg.data.batch_size == 100

@@ -70,7 +70,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ddp(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """An uninterrupted 2-rank run, W&B offline: its launch dir and console output."""
     cwd = tmp_path_factory.mktemp("ddp")
-    proc = torchrun(*NO_BN, "trainer.checkpoint_every_steps=1", cwd=cwd)
+    proc = torchrun(*NO_BN, "checkpoints.every_steps=1", cwd=cwd)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     return cwd, out
@@ -89,7 +89,7 @@ def test_torchrun_two_ranks_matches_one_process_and_writes_once(ddp: tuple[Path,
 def test_two_rank_run_killed_and_resumed_continues_exactly(tmp_path: Path, ddp: tuple[Path, str],
                                                            single: Path) -> None:
     run_dir = tmp_path / "run"
-    args = [*NO_BN, "logger=none", "trainer.checkpoint_every_steps=1", f"hydra.run.dir={run_dir}"]
+    args = [*NO_BN, "logger=none", "checkpoints.every_steps=1", f"hydra.run.dir={run_dir}"]
     proc = torchrun(*args, cwd=tmp_path)
     while not (run_dir / "metrics.jsonl").exists() or max((r["step"] for r in read_metrics(
             run_dir / "metrics.jsonl")), default=0) < 12:
@@ -98,7 +98,7 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tmp_path: Path, ddp: 
     kill_tree(proc.pid)  # torchrun and both ranks, mid-epoch 2
     proc.wait()
     assert 11 <= checkpoint.load(run_dir / "last.pt")["progress"]["step"] < 24
-    proc = torchrun(*args, "trainer.resume=auto", cwd=tmp_path)
+    proc = torchrun(*args, "checkpoints.resume=auto", cwd=tmp_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     ckpt = checkpoint.load(run_dir / "last.pt")

@@ -60,6 +60,14 @@ def hostile_checkpoint(launch: Path) -> None:
     torch.save(ckpt, launch / "hostile.pt")
 
 
+def airbench_before_groups(launch: Path) -> None:
+    finished_run(launch)
+    ckpt = torch.load(launch / "run" / "last.pt", weights_only=True)
+    ckpt["config"] = yaml.safe_load((ROOT / "tests" / "fixtures" / "layout_before_groups.yaml").read_text())[
+        "airbench94_muon"]["config"]
+    torch.save(ckpt, launch / "old.pt")
+
+
 def text_file(launch: Path) -> None:
     (launch / "notes.pt").write_text("epoch 1 loss 2.3\n")
 
@@ -136,7 +144,7 @@ def first_adam_state(edit: Callable[[dict], None]) -> Callable[[dict], None]:
     return lambda ckpt: edit(ckpt["optimizer"]["state"][0])
 
 
-RESUME_CRAFTED = [*QUICK, "trainer.resume=crafted.pt", "trainer.epochs=2"]
+RESUME_CRAFTED = [*QUICK, "checkpoints.resume=crafted.pt", "trainer.epochs=2"]
 IMAGE_FOLDER = [*TINY, "logger=none", "dataset=imagefolder", "dataset.root=tree", "trainer.epochs=1"]
 
 
@@ -174,8 +182,12 @@ FAULTS = [
           r"^error: checkpoint notes\.pt is not a readable checkpoint", module="cnnlab.evaluate", prepare=text_file),
     Fault("a checkpoint naming code", ["checkpoint=hostile.pt"], 1,
           r"^error: checkpoint hostile\.pt: its recorded config is not one cnnlab writes: model\._target_ is "
-          r"'builtins\.open'; allowed: cnnlab\.models\.VGG, cnnlab\.models\.ResNet$", module="cnnlab.evaluate",
-          prepare=hostile_checkpoint),
+          r"'builtins\.open'; allowed: cnnlab\.models\.VGG, cnnlab\.models\.ResNet, cnnlab\.models\.ConvGroups$",
+          module="cnnlab.evaluate", prepare=hostile_checkpoint),
+    Fault("evaluate an airbench94 checkpoint recorded as a VGG (before ConvGroups)", ["checkpoint=old.pt"], 1,
+          r"^error: checkpoint old\.pt: its recorded config is not one cnnlab writes: model\.pool_before_norm is not "
+          r"a key of model \(cnnlab\.models\.VGG\); allowed keys: _target_, cfg, ", module="cnnlab.evaluate",
+          prepare=airbench_before_groups),
     Fault("a model that pools below 1x1", [*QUICK, "model.cfg=[16,M,M,M,M,M,M]"], 1,
           r"^error: model: a 3x32x32 image does not fit through it \("),
     Fault("a config that trains 0 batches", [*QUICK, "data.batch_size=100000", "augment.drop_last=true"], 1,
@@ -184,21 +196,21 @@ FAULTS = [
           r"^error: model\.layers\[0\] is 0; allowed: an integer >= 1$"),
     Fault("a negative grad clip", [*QUICK, "trainer.grad_clip=-1"], 1,
           r"^error: trainer\.grad_clip is -1; allowed: a number > 0 or null$"),
-    Fault("a whitening-bias decay without a whitening stem", [*QUICK, "trainer.whiten_bias_decay=true"], 1,
-          r"^error: trainer\.whiten_bias_decay is true, but the model has no whitening bias that learns for "
-          r"trainer\.whiten_bias_epochs: set model\.whiten=true and trainer\.whiten_bias_epochs$"),
+    Fault("a whitening-bias decay without a whitening stem", [*QUICK, "trainer.whiten_bias.decay=true"], 1,
+          r"^error: trainer\.whiten_bias\.decay is true, but the model has no whitening bias that learns for "
+          r"trainer\.whiten_bias\.epochs: set model\.whiten=true and trainer\.whiten_bias\.epochs$"),
     Fault("a whitening-bias decay sharing its group", ["experiment=airbench94_muon", *SYNTH, "data.batch_size=64",
                                                       "logger=none", "trainer.param_groups.0.params=bias"], 1,
-          r"^error: trainer\.whiten_bias_decay needs the whitening bias in a group of its own: put a "
+          r"^error: trainer\.whiten_bias\.decay needs the whitening bias in a group of its own: put a "
           r"trainer\.param_groups rule \{params: whiten, \.\.\.\} before the others$"),
-    Fault("a loss reduction torch lacks", [*QUICK, "trainer.loss_reduction=none"], 1,
-          r"^error: trainer\.loss_reduction is 'none'; allowed: mean \| sum$"),
+    Fault("a loss reduction torch lacks", [*QUICK, "trainer.loss.reduction=none"], 1,
+          r"^error: trainer\.loss\.reduction is 'none'; allowed: mean \| sum$"),
     Fault("a fraction of an epoch below zero", [*QUICK, "trainer.epochs=-0.5"], 1,
           r"^error: trainer\.epochs is -0\.5; allowed: a number > 0 and <= 100000$"),
     Fault("compile=maybe", [*QUICK, "runtime.compile=maybe"], 1,
           r"^error: runtime\.compile is 'maybe'; allowed: true or false$"),
-    Fault("label smoothing above 1", [*QUICK, "trainer.label_smoothing=1.5"], 1,
-          r"^error: trainer\.label_smoothing is 1\.5; allowed: a number >= 0 and < 1$"),
+    Fault("label smoothing above 1", [*QUICK, "trainer.loss.label_smoothing=1.5"], 1,
+          r"^error: trainer\.loss\.label_smoothing is 1\.5; allowed: a number >= 0 and < 1$"),
     Fault("a negative crop padding", [*QUICK, "augment.crop_padding=-2"], 1,
           r"^error: augment\.crop_padding is -2; allowed: an integer >= 0 and <= 1024$"),
     Fault("a device this machine lacks", [*QUICK, "runtime.device=cuda:7"], 1,
@@ -208,23 +220,24 @@ FAULTS = [
           r"^error: dataset\.num_classes is 7 but the data has 3 classes$",
           prepare=lambda launch: write_image_tree(launch / "tree", {"train": 10, "test": 5}) and None),
     Fault("a run dir that holds last.pt", [*QUICK, "hydra.run.dir=run"], 1,
-          r"^error: run dir .*/run already holds last\.pt: continue it with trainer\.resume=auto",
+          r"^error: run dir .*/run already holds last\.pt: continue it with checkpoints\.resume=auto",
           prepare=finished_run),
-    Fault("resume with another model", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto", "trainer.epochs=2",
+    Fault("resume with another model", [*QUICK, "hydra.run.dir=run", "checkpoints.resume=auto", "trainer.epochs=2",
                                          "model.cfg=[8,M,16,M]"], 1,
           r"^error: checkpoint .*last\.pt was trained with model\.cfg=\[16, 'M', 32, 'M', 64, 'M'\], this run has "
           r"model\.cfg=\[8, 'M', 16, 'M'\]", prepare=finished_run),
-    Fault("resume Adam's checkpoint with SGD", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto",
+    Fault("resume Adam's checkpoint with SGD", [*QUICK, "hydra.run.dir=run", "checkpoints.resume=auto",
                                                 "trainer.epochs=2", "optim=sgd"], 1,
-          r"^error: checkpoint .*last\.pt was trained with optimizer torch\.optim\.Adam, this run configures "
-          r"torch\.optim\.SGD: resume with the checkpoint's optim choice$", prepare=finished_run),
-    Fault("resume a hostile checkpoint", [*QUICK, "trainer.resume=hostile.pt", "trainer.epochs=2"], 1,
+          r"^error: checkpoint .*last\.pt was trained with optimizer cnnlab\.train\.optimizers\.adam, this run "
+          r"configures cnnlab\.train\.optimizers\.sgd: resume with the checkpoint's optim choice$",
+          prepare=finished_run),
+    Fault("resume a hostile checkpoint", [*QUICK, "checkpoints.resume=hostile.pt", "trainer.epochs=2"], 1,
           r"^error: checkpoint hostile\.pt: its recorded config is not one cnnlab writes", prepare=hostile_checkpoint),
     Fault("a read-only outputs dir", [*QUICK], 1,
           r"^error: cannot write the run dir outputs/runs/.*: .*outputs is not writable; choose another with "
           r"hydra\.run\.dir=\.\.\.$", prepare=lambda launch: (launch / "outputs").mkdir()),
-    Fault("a file-size limit (a full disk) while writing last.pt", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto",
-                                                                   "trainer.epochs=2"], 1,
+    Fault("a file-size limit (a full disk) while writing last.pt", [*QUICK, "hydra.run.dir=run",
+                                                                   "checkpoints.resume=auto", "trainer.epochs=2"], 1,
           r"^error: cannot write .*run/last\.pt: the file is larger than this process may write \(ulimit -f\); "
           r"nothing was changed there$", prepare=finished_run, file_limit=200_000, unchanged=False, kept="run/last.pt"),
     Fault("an Optuna search whose every trial fails", [*QUICK, "hparams_search=optuna_lr_wd", "trainer.epochs=1",
@@ -297,18 +310,18 @@ FAULTS = [
     Fault("a run dir that holds a finished run without last.pt", [*QUICK, "hydra.run.dir=run"], 1,
           r"^error: run dir .*/run already holds a finished run's best\.pt \(and no last\.pt to continue\): pick "
           r"another hydra\.run\.dir$", prepare=finished_without_last),
-    Fault("resume=auto into an empty dir the user made", [*QUICK, "hydra.run.dir=mine", "trainer.resume=auto"], 1,
-          r"^error: trainer\.resume=auto but there is nothing to resume: no last\.pt in .*/mine",
+    Fault("resume=auto into an empty dir the user made", [*QUICK, "hydra.run.dir=mine", "checkpoints.resume=auto"], 1,
+          r"^error: checkpoints\.resume=auto but there is nothing to resume: no last\.pt in .*/mine",
           prepare=lambda launch: (launch / "mine").mkdir()),
     Fault("a refused value with hydra.job.chdir=true", [*QUICK, "hydra.job.chdir=true", "trainer.grad_clip=-1"], 1,
           r"^error: trainer\.grad_clip is -1; allowed: a number > 0 or null$"),
     # ---- resume is explicit about changes
-    Fault("resume with another lr", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto", "trainer.epochs=2",
+    Fault("resume with another lr", [*QUICK, "hydra.run.dir=run", "checkpoints.resume=auto", "trainer.epochs=2",
                                      "optim.lr=0.5"], 1,
           r"^error: checkpoint .*run/last\.pt was trained with other values: optim\.lr: 0\.001 -> 0\.5; resume with "
-          r"the checkpoint's values, or add trainer\.resume_changes=allow to train on with this run's$",
+          r"the checkpoint's values, or add checkpoints\.resume_changes=allow to train on with this run's$",
           prepare=finished_run),
-    Fault("resume with another batch size and data", [*QUICK, "hydra.run.dir=run", "trainer.resume=auto",
+    Fault("resume with another batch size and data", [*QUICK, "hydra.run.dir=run", "checkpoints.resume=auto",
                                                       "trainer.epochs=2", "data.batch_size=32",
                                                       "dataset.source.noise=10"], 1,
           r"^error: checkpoint .*run/last\.pt was trained with other values: data\.batch_size: 64 -> 32, "
@@ -352,8 +365,8 @@ FAULTS = [
     # ---- empty classes and non-finite values
     Fault("an empty class dir", IMAGE_FOLDER, 1,
           r"^error: dataset\.root: the class dir .*tree/train/c9 holds no images", prepare=empty_class_in_tree),
-    Fault("an infinite mixup", [*QUICK, "trainer.mixup=inf"], 1,
-          r"^error: trainer\.mixup is inf; allowed: a number >= 0$"),
+    Fault("an infinite mixup", [*QUICK, "trainer.mix.mixup=inf"], 1,
+          r"^error: trainer\.mix\.mixup is inf; allowed: a number >= 0$"),
     Fault("an infinite std", [*QUICK, "dataset.std=[inf,1,1]"], 1,
           r"^error: dataset\.std(\[0\])? is .*inf.*; allowed: "),
     # ---- cnnlab.compare on damaged run dirs: one warning line each, then on
@@ -379,10 +392,10 @@ FAULTS = [
     Fault("SIGTERM during the first decode of an image folder", IMAGE_FOLDER, 143, r"^interrupted by SIGTERM$",
           prepare=SLOW_TO_DECODE, signal=signal.SIGTERM, signal_when="decoding the"),
     Fault("Ctrl-C", [*LONG, "hydra.run.dir=run"], 130,
-          r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto "
+          r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with checkpoints\.resume=auto "
           r"hydra\.run\.dir=.*run$", signal=signal.SIGINT, unchanged=False),
     Fault("Ctrl-C in a sweep", ["-m", *LONG, "hydra.sweep.dir=.", "hydra.sweep.subdir=run", "seed=0,1"], 130,
-          r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with trainer\.resume=auto",
+          r"^interrupted by SIGINT; .*run/last\.pt holds the run: continue it with checkpoints\.resume=auto",
           signal=signal.SIGINT, unchanged=False),
     Fault("SIGTERM", [*LONG, "hydra.run.dir=run"], 143,
           r"^interrupted by SIGTERM; .*run/last\.pt holds the run", signal=signal.SIGTERM, unchanged=False),
@@ -482,7 +495,7 @@ def test_a_real_full_disk_while_writing_last_pt(tmp_path: Path) -> None:
                                                                       if p.is_file()) - 64 * 1024))
         before = snapshot(mount / "run")
         res = subprocess.run([sys.executable, "-m", "cnnlab.run", *QUICK, f"hydra.run.dir={mount / 'run'}",
-                              "trainer.resume=auto", "trainer.epochs=2"], cwd=tmp_path, capture_output=True,
+                              "checkpoints.resume=auto", "trainer.epochs=2"], cwd=tmp_path, capture_output=True,
                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
         assert res.returncode == 1 and "Traceback" not in res.stderr
         assert re.search(r"^error: cannot write .*/small/run/(best|last)\.pt: the disk is full: free space there, or "
@@ -532,8 +545,8 @@ def test_two_runs_started_at_once_into_one_dir_leave_one_runs_records(tmp_path: 
 
 def test_resume_changes_allow_trains_on_with_the_new_values_and_records_them(tmp_path: Path) -> None:
     finished_run(tmp_path)
-    train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.resume=auto", "trainer.resume_changes=allow", "optim.lr=0.5",
-                   "optim.weight_decay=0.01"), tmp_path / "run")
+    train(make_cfg(*QUICK, "trainer.epochs=2", "checkpoints.resume=auto", "checkpoints.resume_changes=allow",
+                   "optim.lr=0.5", "optim.weight_decay=0.01"), tmp_path / "run")
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert {r["lr"] for r in records if r["epoch"] == 1} == {0.001} and {r["lr"] for r in records if r["epoch"] == 2} \
         == {0.5}

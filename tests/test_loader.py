@@ -8,17 +8,22 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision import transforms
 
-from cnnlab.data.loader import TensorLoader, crop_flip
+from cnnlab.data.loader import Augment, TensorLoader, crop_flip
 from cnnlab.data.torchvision_loader import TensorImages, TorchvisionLoader
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def augment_of(kw: dict) -> Augment:
+    """The augmentation the keyword arguments `kw` name (taken out of them), the rest at its defaults."""
+    return Augment(**{k: kw.pop(k) for k in list(kw) if k in Augment.__dataclass_fields__})
 
 
 def loader(n: int = 1000, batch_size: int = 300, **kw) -> TensorLoader:
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.arange(n)
-    return TensorLoader(images, labels, batch_size, MEAN, STD, **{"train": True, **kw})
+    return TensorLoader(images, labels, batch_size, MEAN, STD, augment=augment_of(kw), **{"train": True, **kw})
 
 
 @pytest.mark.parametrize("mode,tv_mode", [("zeros", "constant"), ("reflect", "reflect")])
@@ -117,9 +122,9 @@ def test_cutout_zeroes_a_square_in_every_image() -> None:
     assert zeros.min() >= 16 and zeros.max() <= 64
 
 
-def test_channels_last_and_dtype() -> None:
-    x, _ = next(iter(loader(channels_last=True, dtype=torch.bfloat16)))
-    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.bfloat16
+def test_channels_last() -> None:
+    x, _ = next(iter(loader(channels_last=True)))
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.dtype == torch.float32
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -141,7 +146,7 @@ def test_a_last_batch_smaller_than_the_world_is_dropped_everywhere() -> None:
 def tv_loader(n: int = 200, batch_size: int = 64, workers: int = 0, **kw) -> TorchvisionLoader:
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    return TorchvisionLoader(TensorImages(images, torch.arange(n)), batch_size, MEAN, STD,
+    return TorchvisionLoader(TensorImages(images, torch.arange(n)), batch_size, MEAN, STD, augment=augment_of(kw),
                              **{"train": True, "image_size": 32, "seed": 5, "num_workers": workers, **kw})
 
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from cnnlab.data.loader import TensorLoader
+from cnnlab.data.loader import Augment, TensorLoader
 from cnnlab.job import train
 from cnnlab.models.layers import Whitening
 from cnnlab.runtime import Runtime
@@ -104,7 +104,7 @@ def test_muon_steps_conv_filters_along_their_orthogonalised_momentum_and_the_res
 
 def test_onecycle_without_a_ramp_decays_linearly_from_the_first_step() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = onecycle(opt, steps_per_epoch=5, epochs=2, pct_start=0.0, start_ratio=1.0, end_ratio=0.0)
+    sched = onecycle(opt, 5, 2, pct_start=0.0, start_ratio=1.0, end_ratio=0.0)
     factors = []
     for _ in range(10):
         factors.append(opt.param_groups[0]["lr"])
@@ -125,8 +125,17 @@ def test_the_muon_recipe_groups_biases_head_and_filters() -> None:
     # airbench94_muon's own values (batch 2000, summed loss): each step at full lr takes 2e-6 x 2000 off
     for group, lr in zip(groups, (0.053, 0.053, 0.67), strict=False):
         assert group["lr"] == lr and group["lr"] * group["weight_decay"] == pytest.approx(2e-6 * 2000, rel=1e-12)
-    assert cfg.trainer.loss_reduction == "sum" and cfg.trainer.whiten_bias_decay
+    assert cfg.trainer.loss.reduction == "sum" and cfg.trainer.whiten_bias.decay
     assert cfg.trainer.ema.every == 0 and (cfg.trainer.epochs, cfg.data.batch_size) == (8, 2000)
+
+
+def flat(tree: dict, prefix: str) -> dict:
+    """A config node's leaves (a list is one) under their dotted keys, the data node's dataset and augment whole."""
+    leaves = {}
+    for key, sub in tree.items():
+        nested = isinstance(sub, dict) and prefix != "data"
+        leaves |= flat(sub, f"{prefix}.{key}") if nested else {f"{prefix}.{key}": sub}
+    return leaves
 
 
 def test_cpu_fast_is_airbench94_muon_but_for_the_differences_its_header_lists() -> None:
@@ -142,12 +151,12 @@ def test_cpu_fast_is_airbench94_muon_but_for_the_differences_its_header_lists() 
     assert cpu.optim.ns_dtype == "fp32" and muon.optim.ns_dtype == "bf16"
     assert (cpu.dataset.val_size, cpu.augment.drop_last, cpu.objective) == (5000, False, "best_val_acc")
     assert (muon.dataset.val_size, muon.augment.drop_last, muon.objective) == (0, True, "final_test_acc")
-    assert (cpu.trainer.loss_reduction, cpu.trainer.whiten_bias_decay) == ("mean", False)
-    listed = {"optim.weight_decay", "optim.ns_dtype", "trainer.param_groups", "trainer.loss_reduction",
-              "trainer.whiten_bias_decay", "dataset.val_size", "augment.drop_last"}
+    assert (cpu.trainer.loss.reduction, cpu.trainer.whiten_bias.decay) == ("mean", False)
+    listed = {"optim.weight_decay", "optim.ns_dtype", "trainer.param_groups", "trainer.loss.reduction",
+              "trainer.whiten_bias.decay", "dataset.val_size", "augment.drop_last"}
     for key in ("optim", "trainer", "sched", "data", "dataset", "augment"):
-        mine, theirs = OmegaConf.to_container(cpu[key]), OmegaConf.to_container(muon[key])
-        differing = {f"{key}.{k}" for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
+        mine, theirs = flat(OmegaConf.to_container(cpu[key]), key), flat(OmegaConf.to_container(muon[key]), key)
+        differing = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
         assert differing <= listed | {"data.dataset", "data.augment"}, key  # (data.* repeat dataset and augment)
 
 
@@ -186,8 +195,8 @@ def test_alternating_flip_flips_each_image_in_exactly_one_of_two_epochs() -> Non
     n = 500
     images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
     images[:, :, :, 0] = 255  # a bright left column: where it ends up tells whether the image was flipped
-    loader = TensorLoader(images, torch.arange(n), n, [0, 0, 0], [1 / 255] * 3, train=True, crop_padding=0,
-                          flip="alternate", seed=3)
+    loader = TensorLoader(images, torch.arange(n), n, [0, 0, 0], [1 / 255] * 3, train=True,
+                          augment=Augment(crop_padding=0, flip="alternate"), seed=3)
 
     def flipped(epoch: int) -> torch.Tensor:
         loader.set_epoch(epoch)
@@ -247,13 +256,13 @@ def test_the_airbench_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
     # a constant lr and decay: the shorter first half then trains exactly like the start of the whole run
     common = ["experiment=airbench94", *SYNTH, "logger=none", "data.batch_size=128", "trainer.epochs=4",
               "trainer.eval_every=1", "trainer.tta=none", "runtime.deterministic=true", "trainer.ema.start_epoch=2",
-              "trainer.ema.ramp_power=0", "trainer.whiten_bias_epochs=1", "trainer.log_every=2", "sched.start_ratio=1",
+              "trainer.ema.ramp_power=0", "trainer.whiten_bias.epochs=1", "trainer.log_every=2", "sched.start_ratio=1",
               "sched.end_ratio=1"]
     objective = train(make_cfg(*common), tmp_path / "straight")
     assert objective > 0.3  # it learns (chance: 0.1)
     train(make_cfg(*common, "trainer.epochs=2"), tmp_path / "split")  # stops with a weight average running
     assert checkpoint.load(tmp_path / "split" / "last.pt")["average"] is not None
-    train(make_cfg(*common, "trainer.resume=auto"), tmp_path / "split")
+    train(make_cfg(*common, "checkpoints.resume=auto"), tmp_path / "split")
     a = checkpoint.load(tmp_path / "straight" / "last.pt")
     b = checkpoint.load(tmp_path / "split" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -267,11 +276,11 @@ def test_the_airbench_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_the_muon_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
     common = ["experiment=airbench94_muon", *SYNTH, "logger=none", "data.batch_size=128", "trainer.epochs=3",
-              "trainer.tta=none", "runtime.deterministic=true", "trainer.whiten_bias_epochs=1",
+              "trainer.tta=none", "runtime.deterministic=true", "trainer.whiten_bias.epochs=1",
               "sched.end_ratio=1"]  # a constant lr: the shorter first part then trains like the whole run's start
     assert train(make_cfg(*common), tmp_path / "straight") > 0.3  # it learns (chance: 0.1)
     train(make_cfg(*common, "trainer.epochs=1"), tmp_path / "split")
-    train(make_cfg(*common, "trainer.resume=auto"), tmp_path / "split")
+    train(make_cfg(*common, "checkpoints.resume=auto"), tmp_path / "split")
     a = checkpoint.load(tmp_path / "straight" / "last.pt")
     b = checkpoint.load(tmp_path / "split" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -283,8 +292,8 @@ def test_the_muon_recipe_trains_and_resumes_exactly(tmp_path: Path) -> None:
 def test_the_whitening_bias_freezes_after_its_epochs(tmp_path: Path) -> None:
     common = ["experiment=airbench94", *SYNTH, "logger=none", "data.batch_size=128", "trainer.ema.every=0",
               "trainer.tta=none", "sched.start_ratio=1", "sched.end_ratio=1"]  # a constant lr: the same epoch 1
-    train(make_cfg(*common, "trainer.epochs=2", "trainer.whiten_bias_epochs=1"), tmp_path / "a")
-    train(make_cfg(*common, "trainer.epochs=1", "trainer.whiten_bias_epochs=1"), tmp_path / "b")
+    train(make_cfg(*common, "trainer.epochs=2", "trainer.whiten_bias.epochs=1"), tmp_path / "a")
+    train(make_cfg(*common, "trainer.epochs=1", "trainer.whiten_bias.epochs=1"), tmp_path / "b")
     after_two = checkpoint.load(tmp_path / "a" / "last.pt")["model"]["stem.0.bias"]
     after_one = checkpoint.load(tmp_path / "b" / "last.pt")["model"]["stem.0.bias"]
     assert torch.equal(after_one, after_two) and after_one.abs().sum() > 0
@@ -301,8 +310,8 @@ def test_a_weight_average_is_evaluated_without_lookahead(tmp_path: Path) -> None
 
 
 def test_mixup_trains(tmp_path: Path) -> None:
-    assert train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3", "trainer.mixup=0.2", "trainer.cutmix=1.0"),
-                 tmp_path) > 0.3
+    assert train(make_cfg(*QUICK, "trainer.epochs=3", "optim.lr=3e-3", "trainer.mix.mixup=0.2",
+                          "trainer.mix.cutmix=1.0"), tmp_path) > 0.3
 
 
 @pytest.mark.parametrize("debug,steps", [("fast_dev_run", 2), ("limit_batches", 20), ("overfit", 120)])

@@ -19,7 +19,8 @@ from hydra.utils import instantiate
 from torch import nn
 
 from cnnlab.models import ResNet
-from cnnlab.models.resnet import Bottleneck, Style
+from cnnlab.models.layers import Style
+from cnnlab.models.resnet import Bottleneck, Residual
 
 MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
@@ -74,7 +75,7 @@ SEED_NETWORKS = [("vgg16", "vgg16"), ("resnet50_layer4", "ResNet50_layer4")]
 
 @pytest.mark.parametrize("name,ref_name", SEED_NETWORKS)
 def test_seed_networks_compute_the_seeds_function(name: str, ref_name: str) -> None:
-    """(Seen to fail: resnet50_layer4's stride on the 3x3, model.stride_at=3x3.)"""
+    """(Seen to fail: resnet50_layer4's stride on the 3x3, model.residual.stride_at=3x3.)"""
     ref_module = seed_reference()
     torch.manual_seed(1)
     reference = getattr(ref_module, ref_name)()
@@ -195,8 +196,7 @@ def test_resnet_with_the_imagenet_stem_equals_torchvisions(name: str) -> None:
 
 
 def test_textbook_bottleneck_equals_torchvisions() -> None:
-    ours = Bottleneck(256, 128, stride=2, relu="after_add", shortcut="identity_when_possible", stride_at="3x3",
-                      style=Style())
+    ours = Bottleneck(256, 128, stride=2, residual=Residual(), style=Style(conv_bias=False))
     downsample = nn.Sequential(nn.Conv2d(256, 512, 1, stride=2, bias=False), nn.BatchNorm2d(512))
     theirs = torchvision.models.resnet.Bottleneck(256, 128, stride=2, downsample=downsample)
     ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values(), strict=True)))
@@ -210,7 +210,7 @@ def test_stride_at_moves_the_bottlenecks_stride() -> None:
     seed = cnnlab_model("resnet50_layer4")
     down = [b for stage in seed.stages for b in stage if b.shortcut[0].stride == (2, 2)]
     assert [tuple(c[0].stride[0] for c in b.branch) for b in down] == [(2, 1, 1), (2, 1, 1)]
-    textbook = ResNet("bottleneck", [1, 1], [8, 16], 10, stride_at="3x3")
+    textbook = ResNet("bottleneck", [1, 1], [8, 16], 10, residual=Residual(stride_at="3x3"))
     assert [c[0].stride[0] for c in textbook.stages[1][0].branch] == [1, 2, 1]
 
 
@@ -230,7 +230,7 @@ def test_model_families_are_all_there() -> None:
 
 
 def test_textbook_shortcut_variant_uses_identities() -> None:
-    model = instantiate(make_cfg("model=resnet50_layer4", "model.shortcut=identity_when_possible").model)
+    model = instantiate(make_cfg("model=resnet50_layer4", "model.residual.shortcut=identity_when_possible").model)
     identities = sum(isinstance(b.shortcut, nn.Identity) for s in model.stages for b in s)
     assert identities == 13 - 3 - 2  # all but the first block of each stage and the two downsampling blocks
 
@@ -243,7 +243,7 @@ def test_standard_cifar_resnets_match_reference_sizes() -> None:
 
 
 def test_zero_init_residual_zeroes_the_last_bn_of_each_branch() -> None:
-    model = ResNet("basic", [1, 1], [8, 16], 10, zero_init_residual=True)
+    model = ResNet("basic", [1, 1], [8, 16], 10, residual=Residual(zero_init=True))
     assert all(torch.all(b.last_bn().weight == 0) for s in model.stages for b in s)
 
 
@@ -252,7 +252,7 @@ def test_zero_init_residual_zeroes_the_last_bn_of_each_branch() -> None:
 def test_every_init_scheme_applies_to_both_families(scheme: str) -> None:
     for name in ("vgg11_bn", "resnet18"):
         torch.manual_seed(0)
-        model = instantiate(make_cfg(f"model={name}", f"model.init={scheme}").model)
+        model = instantiate(make_cfg(f"model={name}", f"model.style.init={scheme}").model)
         conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels == m.out_channels)
         if scheme == "dirac":
             w = conv.weight

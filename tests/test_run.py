@@ -75,7 +75,7 @@ def test_multirun_gives_one_run_dir_and_one_finished_wandb_run_per_job(tmp_path:
 def test_a_stopped_and_resumed_run_continues_its_wandb_run(tmp_path: Path, stop: int) -> None:
     run_dir = tmp_path / "run"
     args = [sys.executable, "-m", "cnnlab.run", *TINY, *SYNTH, "trainer.epochs=8", "trainer.log_every=1",
-            "trainer.checkpoint_every_steps=1", "runtime.deterministic=true", f"hydra.run.dir={run_dir}"]
+            "checkpoints.every_steps=1", "runtime.deterministic=true", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # stop at once when epoch 3 has begun: a tiny epoch takes ~0.1 s on a fast machine, so the 5 epochs left are
@@ -87,7 +87,7 @@ def test_a_stopped_and_resumed_run_continues_its_wandb_run(tmp_path: Path, stop:
     proc.send_signal(stop)
     proc.wait(timeout=120)
     at = checkpoint.load(run_dir / "last.pt")["progress"]["step"]
-    res = subprocess.run([*args, "trainer.resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    res = subprocess.run([*args, "checkpoints.resume=auto"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
 
@@ -155,7 +155,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143
     assert checkpoint.load(run_dir / "last.pt")["progress"]["batch"] != 0  # stopped mid-epoch, at a step
-    resumed = run_cli(*common, f"hydra.run.dir={run_dir}", "trainer.resume=auto", cwd=tmp_path)
+    resumed = run_cli(*common, f"hydra.run.dir={run_dir}", "checkpoints.resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = checkpoint.load(tmp_path / "straight" / "last.pt")["model"]
     b = checkpoint.load(run_dir / "last.pt")["model"]

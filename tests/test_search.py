@@ -134,14 +134,14 @@ def test_a_killed_trial_does_not_stay_running(tmp_path: Path) -> None:
 def test_an_inline_search_space_on_the_command_line(tmp_path: Path) -> None:
     """No search config: hydra/sweeper=optuna and the spaces typed as overrides (Hydra's grammar)."""
     res = run_cli(*SEARCH, "trainer.epochs=1", "hydra.sweeper.n_trials=3", "optim.lr=tag(log, interval(1e-4, 1e-2))",
-                  "data.batch_size=choice(32, 64)", "trainer.label_smoothing=range(0, 0.3, 0.1)", cwd=tmp_path,
+                  "data.batch_size=choice(32, 64)", "trainer.loss.label_smoothing=range(0, 0.3, 0.1)", cwd=tmp_path,
                   timeout=600)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
     trials = study(tmp_path).get_trials()
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
     for t in trials:
         assert 1e-4 <= t.params["optim.lr"] <= 1e-2 and t.params["data.batch_size"] in (32, 64)
-        assert any(t.params["trainer.label_smoothing"] == pytest.approx(v) for v in (0.0, 0.1, 0.2))
+        assert any(t.params["trainer.loss.label_smoothing"] == pytest.approx(v) for v in (0.0, 0.1, 0.2))
         (sweep,) = sweeps(tmp_path)
         config = yaml.safe_load((sweep / f"trial_{t.number}" / ".hydra" / "config.yaml").read_text())
         assert config["data"]["batch_size"] == t.params["data.batch_size"]

@@ -107,7 +107,7 @@ hydra:
     n_trials: 6
     params:
       optim.lr: choice(0.01, 1e12, 0.03)
-      trainer.label_smoothing: choice(0.0, 0.1)
+      trainer.loss.label_smoothing: choice(0.0, 0.1)
 """
 
 
@@ -162,7 +162,7 @@ def test_slurm_launcher_config_relies_on_requeue() -> None:
     assert launcher.max_num_timeout >= 20 and launcher.signal_delay_s > 0
     HydraConfig.instance().set_config(cfg)
     try:
-        assert cfg.trainer.resume == "allow"  # a requeued job continues its run dir
+        assert cfg.checkpoints.resume == "allow"  # a requeued job continues its run dir
     finally:
         HydraConfig.instance().cfg = None
 
@@ -227,7 +227,7 @@ def test_the_wandb_sweep_definition_runs_cnnlab_with_the_agents_values() -> None
 
 
 def test_a_run_under_wandb_agent_joins_the_agents_run_and_sweep(tmp_path: Path) -> None:
-    values = {"optim.lr": 0.003, "optim.weight_decay": 1e-4, "trainer.label_smoothing": 0.05}
+    values = {"optim.lr": 0.003, "optim.weight_decay": 1e-4, "trainer.loss.label_smoothing": 0.05}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({k: {"value": v} for k, v in values.items()}))
     agent_env = {"WANDB_SWEEP_ID": "swp123", "WANDB_RUN_ID": "agentrun1", "WANDB_SWEEP_PARAM_PATH": str(params)}
@@ -239,7 +239,7 @@ def test_a_run_under_wandb_agent_joins_the_agents_run_and_sweep(tmp_path: Path) 
     assert w["run_id"] == "agentrun1" and w["run"].get("sweep_id") == "swp123"
     assert not w["run"].get("run_group")  # no group of cnnlab's own to fight the sweep's
     config = w["config"]
-    assert (config["optim"]["lr"], config["optim"]["weight_decay"], config["trainer"]["label_smoothing"]) == \
+    assert (config["optim"]["lr"], config["optim"]["weight_decay"], config["trainer"]["loss"]["label_smoothing"]) == \
         (0.003, 1e-4, 0.05)
     assert w["summary"]["best_val_acc"] > 0
 

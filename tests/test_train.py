@@ -59,7 +59,7 @@ def test_the_validation_split_is_held_out_of_train_stratified_and_the_same_for_e
 
     def data(seed: int):
         cfg = make_cfg(*QUICK, f"seed={seed}", "dataset.val_size=100")
-        return build(cfg.data, "data")(device=torch.device("cpu"))
+        return build(cfg.data, "data")(torch.device("cpu"), 0, 1, False)
 
     a, b = data(0), data(1)
     assert torch.equal(a.val.images, b.val.images) and torch.equal(a.val.labels, b.val.labels)
@@ -83,7 +83,7 @@ def test_resume_continues_bit_exactly(tmp_path: Path, loader: str) -> None:
     common = [*QUICK, "runtime.deterministic=true", "dataset.source.train_size=256", f"data.loader={loader}"]
     train(make_cfg(*common, "trainer.epochs=3"), tmp_path / "straight")
     train(make_cfg(*common, "trainer.epochs=1"), tmp_path / "split")
-    train(make_cfg(*common, "trainer.epochs=3", "trainer.resume=auto"), tmp_path / "split")
+    train(make_cfg(*common, "trainer.epochs=3", "checkpoints.resume=auto"), tmp_path / "split")
     a = checkpoint.load(tmp_path / "straight" / "last.pt")["model"]
     b = checkpoint.load(tmp_path / "split" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -104,7 +104,7 @@ def test_torchvision_loader_path_lands_in_the_same_accuracy_band(tmp_path: Path)
                                     ["optim=sgd_decoupled", "sched=onecycle"],
                                     ["optim=adam", "sched=step", "sched.milestones=[1]"]])
 def test_optimizer_and_schedule_configs_train(tmp_path: Path, recipe: list[str]) -> None:
-    assert train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.label_smoothing=0.1", "trainer.grad_clip=5",
+    assert train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.loss.label_smoothing=0.1", "trainer.grad_clip=5",
                           *recipe), tmp_path) > 0.2
 
 
@@ -115,7 +115,7 @@ def test_evaluation_every_few_epochs_and_always_at_the_end(tmp_path: Path) -> No
 
 
 # -------------------------------------------------------------------------------------------- divergence
-DIVERGE = [*QUICK, "trainer.epochs=3", "optim=sgd", "trainer.checkpoint_every_steps=1", "trainer.log_every=1"]
+DIVERGE = [*QUICK, "trainer.epochs=3", "optim=sgd", "checkpoints.every_steps=1", "trainer.log_every=1"]
 # Only the convs step (1e22 x 1e-22 = 1 for BatchNorm and the head, no weight decay): BatchNorm makes the loss blind
 # to their scale, so step 1 leaves them about 1e20 times larger but finite, and step 2's batch variance overflows
 # into the running_var buffers while the normalised activations, and with them the loss, stay finite. That holds
@@ -145,7 +145,7 @@ def test_divergence_stops_the_run_and_no_checkpoint_holds_nan_or_inf(tmp_path: P
 def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
     train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path)
     before = snapshot(tmp_path)
-    with pytest.raises(CnnlabError, match="already holds last.pt: continue it with trainer.resume=auto"):
+    with pytest.raises(CnnlabError, match="already holds last.pt: continue it with checkpoints.resume=auto"):
         train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path)
     assert snapshot(tmp_path) == before
 
@@ -153,7 +153,8 @@ def test_existing_run_dir_is_never_overwritten(tmp_path: Path) -> None:
 @pytest.mark.parametrize("override,message", [
     ("model.cfg=[8,M,16,M]", r"was trained with model.cfg=\[16, 'M', 32, 'M', 64, 'M'\], this run has "
                              r"model.cfg=\[8, 'M', 16, 'M'\]"),
-    pytest.param("optim=sgd", "was trained with optimizer torch.optim.Adam, this run configures torch.optim.SGD",
+    pytest.param("optim=sgd", "was trained with optimizer cnnlab.train.optimizers.adam, this run configures "
+                              "cnnlab.train.optimizers.sgd",
                  marks=pytest.mark.slow),
     pytest.param("trainer.epochs=1", "nothing to train: .* has finished epoch 1; set trainer.epochs above that",
                  marks=pytest.mark.slow),
@@ -163,21 +164,21 @@ def test_a_refused_resume_leaves_the_run_dir_byte_for_byte_unchanged(tmp_path: P
     train(make_cfg(*QUICK, "trainer.epochs=1"), tmp_path)
     before = snapshot(tmp_path)
     with pytest.raises(CnnlabError, match=message):
-        train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.resume=auto", override), tmp_path)
+        train(make_cfg(*QUICK, "trainer.epochs=2", "checkpoints.resume=auto", override), tmp_path)
     assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow
 def test_resume_modes(tmp_path: Path) -> None:
     with pytest.raises(CnnlabError, match="nothing to resume: no last.pt"):
-        train(make_cfg(*QUICK, "trainer.resume=auto"), tmp_path / "empty")
-    train(make_cfg(*QUICK, "trainer.epochs=1", "trainer.resume=allow"), tmp_path / "allow")  # starts
-    train(make_cfg(*QUICK, "trainer.epochs=2", "trainer.resume=allow"), tmp_path / "allow")  # continues
+        train(make_cfg(*QUICK, "checkpoints.resume=auto"), tmp_path / "empty")
+    train(make_cfg(*QUICK, "trainer.epochs=1", "checkpoints.resume=allow"), tmp_path / "allow")  # starts
+    train(make_cfg(*QUICK, "trainer.epochs=2", "checkpoints.resume=allow"), tmp_path / "allow")  # continues
     assert [r["epoch"] for r in epochs_of(tmp_path / "allow")] == [1, 2]
     with pytest.raises(CnnlabError, match="holds weights only"):
-        train(make_cfg(*QUICK, "trainer.epochs=3", f"trainer.resume={tmp_path}/allow/best.pt"), tmp_path / "x")
+        train(make_cfg(*QUICK, "trainer.epochs=3", f"checkpoints.resume={tmp_path}/allow/best.pt"), tmp_path / "x")
     with pytest.raises(CnnlabError, match="does not exist"):
-        train(make_cfg(*QUICK, f"trainer.resume={tmp_path}/nope.pt"), tmp_path / "y")
+        train(make_cfg(*QUICK, f"checkpoints.resume={tmp_path}/nope.pt"), tmp_path / "y")
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -211,7 +212,7 @@ def test_a_signal_during_evaluation_keeps_the_epoch_and_resume_evaluates_it(tmp_
     monkeypatch.undo()
     progress = checkpoint.load(tmp_path / "stopped" / "last.pt")["progress"]
     assert progress["epoch"] == 1 and progress["batch"] == 8 and progress["best_val_acc"] is None
-    train(make_cfg(*common, "trainer.resume=auto"), tmp_path / "stopped")
+    train(make_cfg(*common, "checkpoints.resume=auto"), tmp_path / "stopped")
     a, b = (checkpoint.load(tmp_path / run / "last.pt")["model"] for run in ("straight", "stopped"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert untimed(read_metrics(tmp_path / "straight" / "metrics.jsonl")) == \

@@ -1,5 +1,5 @@
-"""Composition helpers for every entry point: the resolvers the YAML uses, `validate` (the schema, checked
-right after Hydra composes), and `build` (Hydra `instantiate` with one-line errors)."""
+"""Composition helpers for every entry point: the resolvers the YAML uses, `validate` (every key against the
+code that declares it, right after Hydra composes), and `build` (Hydra `instantiate` with one-line errors)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CnnlabError
-from cnnlab.config.check import ConfigError, check_node, first_line
-from cnnlab.config.schema import EvaluateNode, RunNode
+from cnnlab.config.check import ConfigError, check, first_line
+from cnnlab.config.root import EvaluateConfig, RunConfig
 
 __all__ = ["ConfigError", "build", "validate", "validate_evaluate"]
 
@@ -34,15 +34,15 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every key of a run's config against the schema, then the rules that span groups."""
-    check_node(cfg, RunNode, "")
+    """Every key of a run's config against its declaration, then the rules that span groups."""
+    check(cfg, RunConfig)
     if cfg.objective != "final_test_acc" and cfg.dataset.val_size == 0:
         raise ConfigError(f"objective is {cfg.objective} but dataset.val_size is 0 (no validation split): "
                           "set dataset.val_size, or objective=final_test_acc")
 
 
 def validate_evaluate(cfg: DictConfig) -> None:
-    check_node(cfg, EvaluateNode, "")
+    check(cfg, EvaluateConfig)
 
 
 # ---------------------------------------------------------------------------------------------- resolvers

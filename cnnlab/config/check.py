@@ -1,133 +1,164 @@
-"""Checks a config tree against a schema of dataclasses, in one line per fault: the key, the value, what is
-allowed.
+"""Checks a composed config against what the code declares, and says each fault in one line: the key, the
+value, what is allowed.
 
-A schema field's type says what is allowed: bool, int, float, str, Literal[...], list[...], X | None, a union
-of dataclasses told apart by their `_target_`, and `Annotated[...]` with a `Range`, a `Length`, a `Pattern` or `LINKED`
-(a key that normally interpolates another, checked at its home). Nothing here builds anything.
+A node with a `_target_` may hold the keys its target takes: the parameters of its signature after any
+positional-only ones (those the code supplies, so such a node is `_partial_: true`), typed and bounded in the
+signature (cnnlab.types). A key annotated `OneOf(...)` holds a node of one of those targets; an interpolation of
+another node (data.dataset: ${dataset}) is checked at its home. pydantic checks the values; nothing here builds
+anything, and no `_target_` is imported: it must be one the code declares.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
+import functools
+import inspect
+import sys
 import types
 import typing
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
+import pydantic
+from annotated_types import Ge, Gt, Le, Len, Lt
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from cnnlab import CnnlabError
+from cnnlab.types import STRICT, OneOf, Words
 
 
 class ConfigError(CnnlabError):
-    """A config value that the schema does not allow."""
+    """A config value that the code does not allow."""
 
 
-@dataclass(frozen=True)
-class Range:
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def holds(self, v: float) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
-
-    def __str__(self) -> str:
-        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-        parts = [f"{op} {bound}" if isinstance(bound, int) else f"{op} {bound:g}" for op, bound in bounds
-                 if bound is not None]
-        return " and ".join(parts)
+class Key(typing.NamedTuple):
+    hint: Any
+    required: bool
+    default: Any = None
 
 
-@dataclass(frozen=True)
-class Length:
-    n: int
+@functools.cache
+def keys_of(declared: Any) -> dict[str, Key]:
+    """The keys a node of `declared` holds: a target's parameters after the positional-only ones, or the fields
+    of a class with annotations (a root node, an Options group)."""
+    if typing.is_typeddict(declared):
+        hints = typing.get_type_hints(declared, include_extras=True)
+        return {name: Key(hint, name in declared.__required_keys__) for name, hint in hints.items()}
+    if isinstance(declared, type) and issubclass(declared, pydantic.BaseModel):
+        hints = typing.get_type_hints(declared, include_extras=True)
+        return {name: Key(hints[name], field.is_required(), field.default)
+                for name, field in declared.model_fields.items()}
+    hints = typing.get_type_hints(declared.__init__ if inspect.isclass(declared) else declared, include_extras=True)
+    params = list(inspect.signature(declared).parameters.values())
+    return {p.name: Key(hints[p.name], p.default is inspect.Parameter.empty, p.default) for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-@dataclass(frozen=True)
-class Pattern:
-    regex: str
-    text: str  # what the pattern allows, in words
-
-    def __str__(self) -> str:
-        return f"({self.text})"
+def is_partial(target: Any) -> bool:
+    """Whether the code supplies some of `target`'s arguments (its positional-only ones)."""
+    return any(p.kind is p.POSITIONAL_ONLY for p in inspect.signature(target).parameters.values())
 
 
-LINKED = "linked"  # Annotated marker: skip when the value interpolates another key (checked there)
+def names(target: Any) -> list[str]:
+    """The `_target_` strings that name `target`: its module path and each package above it that exports it,
+    shortest first (cnnlab.models.VGG, cnnlab.models.vgg.VGG)."""
+    parts = target.__module__.split(".")
+    packages = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return [f"{p}.{target.__qualname__}" for p in packages
+            if getattr(sys.modules.get(p), target.__qualname__, None) is target]
 
 
-def fail(key: str, value: Any, hint: Any) -> typing.NoReturn:
-    raise ConfigError(f"{key} is {show(value)}; allowed: {describe(hint)}")
+def node_name(target: Any) -> str:
+    return "none (an empty node)" if target is None else names(target)[0]
 
 
-def show(value: Any) -> str:
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value)
-    return "null" if value is None else repr(value)
+def one_of(hint: Any) -> OneOf | None:
+    return next((a for a in get_args(hint)[1:] if isinstance(a, OneOf)), None) if get_origin(hint) is Annotated \
+        else None
 
 
-def describe(hint: Any) -> str:
-    origin, args = get_origin(hint), get_args(hint)
-    if origin is Annotated:
-        base, extras = args[0], [a for a in args[1:] if a != LINKED]
-        text = describe(base)
-        for extra in extras:
-            text += f" of length {extra.n}" if isinstance(extra, Length) else f" {extra}"
-        return text
-    if origin is Literal:
-        return " | ".join(show_choice(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join(describe(a) for a in args)
-    if origin is list:
-        return f"a list of {plural(describe(args[0]))}"
-    if hint is type(None):
-        return "null"
-    if dataclasses.is_dataclass(hint):
-        return f"a {hint.__name__} node"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
-
-
-def plural(text: str) -> str:
-    return text.replace("an integer", "integers").replace("a number", "numbers").replace("a string", "strings")
-
-
-def show_choice(value: Any) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def check_node(node: Any, schema: type, key: str) -> None:
-    """Check a DictConfig (or dict) against a dataclass schema: no unknown key, none missing, every value allowed.
-    A field with a default (a key added after configs were recorded with checkpoints) may be absent."""
-    if not isinstance(node, DictConfig | dict):
-        fail(key, node, schema)
-    hints = typing.get_type_hints(schema, include_extras=True)
-    fields = dataclasses.fields(schema)
-    unknown = [k for k in node if k not in hints]
+# ------------------------------------------------------------------------------------------------- checks
+def check(node: Any, declared: Any, key: str = "") -> None:
+    """Check the keys of `node` (a DictConfig) against `declared`: none unknown, none missing, every value
+    allowed, then each node it holds against its target."""
+    keys = keys_of(declared)
+    reserved = (["_target_", "_partial_"] if is_partial(declared) else ["_target_"]) if "_target_" in node else []
+    unknown = [k for k in node if k not in keys and k not in reserved]
     if unknown:
-        where = f"{key} ({target_of(schema)})" if target_of(schema) else key
-        raise ConfigError(not_a_key(join(key, unknown[0]), where, [f.name for f in fields]))
-    for field in fields:
-        name = field.name
+        where = f"{key} ({node['_target_']})" if reserved else key
+        raise ConfigError(not_a_key(join(key, unknown[0]), where, [*reserved, *keys]))
+    values, nodes = {}, []
+    for name, spec in keys.items():
         if name not in node.keys():  # noqa: SIM118 - a DictConfig counts a ??? value as not `in` it
-            if field.default is not dataclasses.MISSING:
-                continue
-            raise ConfigError(f"{join(key, name)} is missing; allowed: {describe(hints[name])}")
-        check_value(node, name, hints[name], join(key, name))
+            if spec.required:
+                raise ConfigError(f"{join(key, name)} is missing; allowed: {describe(spec.hint)}")
+            continue
+        if OmegaConf.is_missing(node, name):
+            raise ConfigError(f"{join(key, name)} is not set; give it, for example {join(key, name)}="
+                              f"<{describe(spec.hint)}>")
+        if one_of(spec.hint):
+            if not OmegaConf.is_interpolation(node, name):
+                nodes.append((name, one_of(spec.hint)))
+            continue
+        values[name] = plain(resolved(node, name, join(key, name)))
+    try:
+        model_of(declared).model_validate(values)
+    except pydantic.ValidationError as e:
+        fail_with(e.errors()[0], values, keys, key)
+    for name, options in nodes:
+        check_target(node[name], options.targets, join(key, name))
 
 
-def check_value(parent: Any, name: str | int, hint: Any, key: str) -> None:
-    if isinstance(parent, DictConfig | ListConfig):
-        if OmegaConf.is_missing(parent, name):
-            raise ConfigError(f"{key} is not set; give it, for example {key}=<{describe(hint)}>")
-        if LINKED in get_args(hint) and OmegaConf.is_interpolation(parent, name):
-            return
-    value = resolved(parent, name, key)
-    check(value, hint, key)
+def check_target(node: Any, targets: tuple[Any, ...], key: str) -> None:
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{key} is {show(node)}; allowed: a node of {', '.join(map(node_name, targets))}")
+    target = node.get("_target_")
+    if target is None and None in targets and not node:
+        return
+    chosen = [t for t in targets if t is not None and target in names(t)]
+    if not chosen:
+        raise ConfigError(f"{join(key, '_target_')} is {show(target)}; allowed: "
+                          f"{', '.join(map(node_name, targets))}")
+    partial = node.get("_partial_", False)
+    if partial is not is_partial(chosen[0]):
+        raise ConfigError(f"{join(key, '_partial_')} is {show(partial)}; allowed: {show(is_partial(chosen[0]))}")
+    check(node, chosen[0], key)
+
+
+@functools.cache
+def model_of(declared: Any) -> type[pydantic.BaseModel]:
+    """A pydantic model of the values `declared` takes (the nodes it holds are checked on their own)."""
+    fields = {name: (spec.hint, ... if spec.required else spec.default) for name, spec in keys_of(declared).items()
+              if not one_of(spec.hint)}
+    return pydantic.create_model(f"{getattr(declared, '__name__', 'node')}Keys", __config__=STRICT, **fields)
+
+
+def fail_with(error: dict[str, Any], values: dict[str, Any], keys: dict[str, Key], key: str) -> NoReturn:
+    """One line for pydantic's first error: the deepest key its location names, that key's value and type."""
+    name, *rest = error["loc"]
+    full, value, hint = join(key, name), values.get(name), keys[name].hint
+    for part in rest:
+        base = strip(hint)
+        if isinstance(part, int) and get_origin(base) in (list, Sequence):
+            full, value, hint = f"{full}[{part}]", value[part], get_args(base)[0]
+        elif isinstance(base, type) and issubclass(base, pydantic.BaseModel) and part in base.model_fields:
+            if error["type"] == "extra_forbidden" or part not in value:
+                break
+            full, value = join(full, part), value[part]
+            hint = typing.get_type_hints(base, include_extras=True)[part]
+        else:
+            break
+    if error["type"] == "extra_forbidden":
+        raise ConfigError(not_a_key(join(full, str(error["loc"][-1])), full, list(strip(hint).model_fields)))
+    if error["type"] == "missing":
+        missing = str(error["loc"][-1])
+        sub = typing.get_type_hints(strip(hint), include_extras=True)[missing]
+        raise ConfigError(f"{join(full, missing)} is missing; allowed: {describe(sub)}")
+    raise ConfigError(f"{full} is {show(value)}; allowed: {describe(hint)}")
+
+
+def strip(hint: Any) -> Any:
+    return get_args(hint)[0] if get_origin(hint) is Annotated else hint
 
 
 def resolved(parent: Any, name: str | int, key: str) -> Any:
@@ -142,69 +173,54 @@ def resolved(parent: Any, name: str | int, key: str) -> Any:
         raise ConfigError(f"{key}: {first_line(e)}") from None
 
 
-def check(value: Any, hint: Any, key: str) -> None:
+def plain(value: Any) -> Any:
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+# ------------------------------------------------------------------------------------------------- words
+def describe(hint: Any) -> str:
+    """What a type allows, in words: "a number > 0 or null", "an integer >= 1 and <= 1024", "relu | gelu"."""
     origin, args = get_origin(hint), get_args(hint)
     if origin is Annotated:
-        if args[0] in (bool, int, float, str) and not is_instance(value, args[0]):
-            fail(key, value, hint)  # the whole allowed range, not just the type
-        check(value, args[0], key)
+        bounds, text = [], describe(args[0])
         for extra in args[1:]:
-            if isinstance(extra, Range) and not extra.holds(value):
-                fail(key, value, hint)
-            if isinstance(extra, Length) and len(value) != extra.n:
-                fail(key, value, hint)
-            if isinstance(extra, Pattern) and not re.fullmatch(extra.regex, value):
-                fail(key, value, hint)
-    elif origin is Literal:
-        if not any(value == a and type(value) is type(a) for a in args):
-            fail(key, value, hint)
-    elif origin in (Union, types.UnionType):
-        check_union(value, hint, key)
-    elif origin is list:
-        if not isinstance(value, ListConfig | list):
-            fail(key, value, hint)
-        for i in range(len(value)):
-            check_value(value, i, args[0], f"{key}[{i}]")
-    elif dataclasses.is_dataclass(hint):
-        check_node(value, hint, key)
-    elif hint is type(None):
-        if value is not None:
-            fail(key, value, hint)
-    elif not is_instance(value, hint):
-        fail(key, value, hint)
+            for kind, op, field in ((Ge, ">=", "ge"), (Gt, ">", "gt"), (Le, "<=", "le"), (Lt, "<", "lt")):
+                if isinstance(extra, kind):
+                    bounds.append(f"{op} {number(getattr(extra, field))}")
+            if isinstance(extra, Len):
+                text += f" of length {extra.min_length}"
+            if isinstance(extra, Words):
+                text += f" ({extra.text})"
+        return f"{text} {' and '.join(bounds)}" if bounds else text
+    if origin is Literal:
+        return " | ".join("null" if a is None else str(a).lower() if isinstance(a, bool) else str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        if all(a is bool or get_origin(a) is Literal for a in args):  # choices: auto | true | false
+            return " | ".join("true | false" if a is bool else describe(a) for a in args)
+        return " or ".join(describe(a) for a in args)
+    if origin in (list, Sequence):
+        return f"a list of {plural(describe(args[0]))}"
+    if hint is type(None):
+        return "null"
+    if isinstance(hint, type) and issubclass(hint, pydantic.BaseModel):
+        return f"a node of {', '.join(hint.model_fields)}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def check_union(value: Any, hint: Any, key: str) -> None:
-    options = get_args(hint)
-    nodes = [o for o in options if dataclasses.is_dataclass(o)]
-    if nodes and isinstance(value, DictConfig | dict):  # a union of nodes: the _target_ picks the schema
-        target = value.get("_target_")
-        chosen = [n for n in nodes if target_of(n) == target]
-        if not chosen:
-            allowed = ", ".join(target_of(n) or "none (an empty node)" for n in nodes)
-            raise ConfigError(f"{join(key, '_target_')} is {show(target)}; allowed: {allowed}")
-        check_node(value, chosen[0], key)
-        return
-    for option in options:
-        try:
-            check(value, option, key)
-            return
-        except ConfigError:
-            continue
-    fail(key, value, hint)
+def number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
-def is_instance(value: Any, kind: type) -> bool:
-    if kind is float:  # every number a config holds is finite: nan and inf train nothing and mean nothing
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+def plural(text: str) -> str:
+    return text.replace("an integer", "integers").replace("a number", "numbers").replace("a string", "strings")
 
 
-def target_of(schema: type) -> str | None:
-    hint = typing.get_type_hints(schema).get("_target_")
-    return get_args(hint)[0] if hint is not None else None
+def show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value)
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def not_a_key(key: str, parent: str, allowed: list[str]) -> str:

@@ -8,45 +8,37 @@ the rank and the world size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Gt, Len, Lt
 from torch import Tensor
 
 from cnnlab import CnnlabError
-from cnnlab.data.loader import TensorLoader
-from cnnlab.data.sources import ImageFolder, cpu_count
+from cnnlab.data.loader import Augment, TensorLoader
+from cnnlab.data.sources import Cifar, ImageFolder, Synthetic, cpu_count
+from cnnlab.types import ClassCount, NonEmptyPath, NonNegInt, OneOf, PosFloat, PosInt, Seed, text
 
 log = logging.getLogger("cnnlab")
 
 AUTO_VAL_FRACTION, AUTO_VAL_MAX = 0.1, 5000
-
-
-@dataclass
-class Augment:
-    """Train-time augmentation (conf/augment/)."""
-
-    crop_padding: int = 4
-    padding_mode: Literal["zeros", "reflect"] = "zeros"
-    flip: bool | Literal["alternate"] = True
-    cutout: int = 0
-    drop_last: bool = False
+Name = text(r"[A-Za-z0-9_.-]+", "a name of letters, digits, _ . -")
 
 
 @dataclass
 class Dataset:
     """A source of pixels and what a run needs to know of it (conf/dataset/)."""
 
-    source: Any
-    name: str
-    root: str | None
-    num_classes: int
-    mean: Sequence[float] | None
-    std: Sequence[float] | None
-    val_size: int | float | str = "auto"
-    val_seed: int = 0
+    source: Annotated[Any, OneOf(Cifar, ImageFolder, Synthetic)]
+    name: Name
+    root: NonEmptyPath | None
+    num_classes: ClassCount
+    mean: Annotated[list[float], Len(3, 3)] | None
+    std: Annotated[list[PosFloat], Len(3, 3)] | None
+    val_size: Literal["auto"] | NonNegInt | Annotated[float, Gt(0), Lt(1)] = "auto"
+    val_seed: Seed = 0
 
     def val_count(self, n_train: int) -> int:
         size = self.val_size
@@ -90,10 +82,12 @@ class Data:
     description: str  # which data, in words
 
 
-def make_data(dataset: Dataset, augment: Augment, loader: Literal["tensor", "torchvision"], num_workers: int,
-              batch_size: int, eval_batch_size: int | None, seed: int, cache_dir: str, *,
-              device: torch.device, rank: int = 0, world_size: int = 1, channels_last: bool = False) -> Data:
-    """Load `dataset`, hold out its validation split, and build the loaders of the `loader` kind."""
+def make_data(device: torch.device, rank: int, world_size: int, channels_last: bool, /,
+              dataset: Annotated[Dataset, OneOf(Dataset)], augment: Annotated[Augment, OneOf(Augment)],
+              loader: Literal["tensor", "torchvision"], num_workers: NonNegInt, batch_size: PosInt,
+              eval_batch_size: PosInt | None, seed: Seed, cache_dir: NonEmptyPath) -> Data:
+    """Load `dataset`, hold out its validation split, and build the loaders of the `loader` kind, for the
+    process of `rank` among `world_size` (the run supplies these and the device)."""
     eval_batch_size = eval_batch_size or 2 * batch_size
     if num_workers > cpu_count():
         raise CnnlabError(f"data.num_workers is {num_workers}; allowed: 0 to {cpu_count()} (this machine's CPUs)")
@@ -113,20 +107,20 @@ def make_data(dataset: Dataset, augment: Augment, loader: Literal["tensor", "tor
               "val": (tensors.train_x[val_idx], tensors.train_y[val_idx]),
               "test": (tensors.test_x, tensors.test_y)}
     if loader == "tensor":
-        common = dict(mean=mean, std=std, device=device, seed=seed, channels_last=channels_last, rank=rank,
-                      world_size=world_size, **asdict(augment))
+        common = dict(augment=augment, device=device, seed=seed, channels_last=channels_last, rank=rank,
+                      world_size=world_size)
 
         def make(split: str, train: bool) -> TensorLoader:
             x, y = splits[split]
-            return TensorLoader(x, y, batch_size if train else eval_batch_size, train=train, **common)
+            return TensorLoader(x, y, batch_size if train else eval_batch_size, mean, std, train=train, **common)
     else:
         from cnnlab.data.torchvision_loader import TensorImages, TorchvisionLoader  # torchvision: 3 s to import
 
         def make(split: str, train: bool) -> TorchvisionLoader:
             x, y = splits[split]
             return TorchvisionLoader(TensorImages(x, y), batch_size if train else eval_batch_size, mean, std,
-                                     train=train, image_size=x.shape[-1], seed=seed, num_workers=num_workers,
-                                     rank=rank, world_size=world_size, **asdict(augment))
+                                     train=train, image_size=x.shape[-1], augment=augment, seed=seed,
+                                     num_workers=num_workers, rank=rank, world_size=world_size)
     what = describe(tensors.description, len(train_idx), len(val_idx), len(tensors.test_y))
     return Data(make("train", True), make("val", False) if len(val_idx) else None, make("test", False),
                 tensors.classes, mean, std, tuple(tensors.train_x.shape[1:]), what)
@@ -147,7 +141,7 @@ def _streamed(dataset: Dataset, augment: Augment, batch_size: int, eval_batch_si
         return [train_paths[i] for i in idx.tolist()], labels[idx].tolist()
 
     common = dict(mean=list(dataset.mean), std=list(dataset.std), image_size=source.image_size, seed=seed,
-                  num_workers=num_workers, rank=rank, world_size=world_size, **asdict(augment))
+                  num_workers=num_workers, rank=rank, world_size=world_size, augment=augment)
     train = TorchvisionLoader(FileImages(*pick(train_idx)), batch_size, train=True, **common)
     val = TorchvisionLoader(FileImages(*pick(val_idx)), eval_batch_size, train=False, **common) \
         if len(val_idx) else None

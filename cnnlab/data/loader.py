@@ -12,12 +12,29 @@ batches an uninterrupted epoch yields from there.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from cnnlab.types import Pixels
+
 PaddingMode = Literal["zeros", "reflect"]
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Train-time augmentation (conf/augment/), which both loaders apply."""
+
+    crop_padding: Pixels = 4
+    padding_mode: PaddingMode = "zeros"
+    flip: bool | Literal["alternate"] = True
+    cutout: Pixels = 0
+    drop_last: bool = False
+
+
+CROP_FLIP = Augment()  # torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -99,29 +116,24 @@ class TensorLoader:
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], *, train: bool, device: str | torch.device = "cpu", seed: int = 0,
-                 crop_padding: int = 4, padding_mode: PaddingMode = "zeros", flip: bool | str = True,
-                 cutout: int = 0, drop_last: bool = False, channels_last: bool = False,
-                 dtype: torch.dtype = torch.float32, rank: int = 0, world_size: int = 1) -> None:
-        if padding_mode not in ("zeros", "reflect"):
-            raise ValueError(f"augment.padding_mode is {padding_mode!r}; allowed: zeros, reflect")
+                 std: Sequence[float], *, train: bool, augment: Augment = CROP_FLIP, device: str | torch.device = "cpu",
+                 seed: int = 0, channels_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
         self.device = torch.device(device)
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
-        self.crop_padding = crop_padding if train else 0
-        self.padding_mode = padding_mode
-        self.flip = flip if train else False
-        self.cutout = cutout if train else 0
-        self.drop_last = drop_last and train
+        self.crop_padding = augment.crop_padding if train else 0
+        self.padding_mode = augment.padding_mode
+        self.flip = augment.flip if train else False
+        self.cutout = augment.cutout if train else 0
+        self.drop_last = augment.drop_last and train
         self.channels_last = channels_last
-        self.dtype = dtype
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device)[None, :, None, None]
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device)[None, :, None, None]
-        self.scale = (1.0 / (255.0 * std_t)).to(dtype)  # (x / 255 - mean) / std = x * scale - shift
-        self.shift = (mean_t / std_t).to(dtype)
+        self.scale = 1.0 / (255.0 * std_t)  # (x / 255 - mean) / std = x * scale - shift
+        self.shift = mean_t / std_t
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start_batch = 0
@@ -168,7 +180,7 @@ class TensorLoader:
                               self.padding_mode)
             if self.channels_last:  # change layout while the pixels are 1 byte, not 4
                 x = x.contiguous(memory_format=torch.channels_last)
-            x = x.to(self.dtype).mul_(self.scale).sub_(self.shift)
+            x = x.float().mul_(self.scale).sub_(self.shift)
             if self.cutout:
                 x = cutout(x, plan["cy"][sl], plan["cx"][sl], self.cutout)
             yield x, self.labels[idx]

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from cnnlab import CnnlabError
 from cnnlab.atomic import atomic_save, atomic_write
+from cnnlab.types import ClassCount, ImageSize, NonEmptyPath, NonNegFloat, PosInt, SampleCount, Seed
 
 log = logging.getLogger("cnnlab")
 
@@ -134,8 +135,8 @@ class Cifar:
     names a PNG image-folder tree of the same dataset, that tree is used instead, and its description says so.
     """
 
-    def __init__(self, root: str, variant: Literal["cifar10", "cifar100"] = "cifar10", download: bool = True,
-                 url: str = "", md5: str | None = None, png_fallback: str | None = None) -> None:
+    def __init__(self, root: NonEmptyPath, variant: Literal["cifar10", "cifar100"] = "cifar10",
+                 download: bool = True, url: str = "", md5: str | None = None, png_fallback: str | None = None) -> None:
         self.root = _resolve(root)
         self.variant = variant
         self.download = download
@@ -284,7 +285,7 @@ def _decode_many(paths: list[str], size: int) -> np.ndarray:
 class ImageFolder:
     """A `train/<class>/*` + `test/<class>/*` tree of images (read-only is fine), resized to `image_size`."""
 
-    def __init__(self, root: str, image_size: int = 32, workers: int | None = None) -> None:
+    def __init__(self, root: NonEmptyPath, image_size: ImageSize = 32, workers: PosInt | None = None) -> None:
         self.root = _resolve(root)
         self.image_size = image_size
         if workers is not None and workers > cpu_count():
@@ -394,8 +395,8 @@ class ImageFolder:
 class Synthetic:
     """A learnable in-memory task: each class is a smooth random colour pattern plus pixel noise."""
 
-    def __init__(self, num_classes: int = 10, train_size: int = 2000, test_size: int = 500,
-                 image_size: int = 32, noise: float = 48.0, seed: int = 0) -> None:
+    def __init__(self, num_classes: ClassCount = 10, train_size: SampleCount = 2000, test_size: SampleCount = 500,
+                 image_size: ImageSize = 32, noise: NonNegFloat = 48.0, seed: Seed = 0) -> None:
         self.num_classes, self.train_size, self.test_size = num_classes, train_size, test_size
         self.image_size, self.noise, self.seed = image_size, noise, seed
 

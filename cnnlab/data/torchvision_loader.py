@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision import transforms
 
 from cnnlab import CnnlabError
-from cnnlab.data.loader import epoch_generator, last_batch_size, num_batches, shard
+from cnnlab.data.loader import CROP_FLIP, Augment, epoch_generator, last_batch_size, num_batches, shard
 
 
 class TensorImages(Dataset):
@@ -92,10 +92,11 @@ class TorchvisionLoader:
     """A DataLoader over `images` with PIL transforms, meeting cnnlab's loader protocol."""
 
     def __init__(self, images: Dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
-                 train: bool, image_size: int, seed: int = 0, crop_padding: int = 4, padding_mode: str = "zeros",
-                 flip: bool | str = True, cutout: int = 0, drop_last: bool = False, num_workers: int = 0, rank: int = 0,
-                 world_size: int = 1) -> None:
-        if cutout or flip == "alternate":
+                 train: bool, image_size: int, augment: Augment = CROP_FLIP, seed: int = 0, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        crop_padding, padding_mode, flip, drop_last = (augment.crop_padding, augment.padding_mode, augment.flip,
+                                                       augment.drop_last)
+        if augment.cutout or flip == "alternate":
             raise CnnlabError("augment.cutout and augment.flip=alternate are implemented by data.loader=tensor only")
         steps: list = [transforms.Resize((image_size, image_size))]
         if train and crop_padding:

@@ -1,6 +1,7 @@
-"""Networks built from config: VGG (a cfg list) and ResNet (block counts and widths)."""
+"""Networks built from config: VGG (a cfg list), ResNet (block counts and widths) and airbench94's ConvGroups."""
 
+from cnnlab.models.airbench import ConvGroups
 from cnnlab.models.resnet import ResNet
-from cnnlab.models.vgg import VGG, make_layers
+from cnnlab.models.vgg import VGG
 
-__all__ = ["VGG", "ResNet", "make_layers"]
+__all__ = ["VGG", "ConvGroups", "ResNet"]

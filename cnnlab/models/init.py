@@ -16,14 +16,11 @@ Linear and norm layers keep PyTorch's defaults unless a scheme names them.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
 
-from cnnlab.models.layers import Whitening
-
-Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac", "airbench_muon"]
+from cnnlab.models.layers import Init, Whitening
 
 
 def init_weights(model: nn.Module, scheme: Init) -> None:

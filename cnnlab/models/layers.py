@@ -1,25 +1,49 @@
-"""Building blocks both families share: the activation, BatchNorm with its options, the patch-whitening stem
-(airbench's first layer) and output scaling."""
+"""Building blocks every network shares: the `Style` of its conv-BN-activation layers (one object, the `style` node
+of every model config), the patch-whitening stem (airbench's first layer) and output scaling."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from annotated_types import Ge, Gt, Le
 from torch import Tensor, nn
 
+from cnnlab.types import Options, PosFloat
+
 Activation = Literal["relu", "gelu"]
+Init = Literal["kaiming_fan_out", "xavier_uniform", "vgg_normal", "pytorch_default", "dirac", "airbench_muon"]
+WhitenKernel = Annotated[int, Ge(1), Le(8)]
 
 
 def activation(kind: Activation) -> nn.Module:
     return nn.GELU() if kind == "gelu" else nn.ReLU(inplace=True)
 
 
-def batch_norm(channels: int, momentum: float = 0.1, eps: float = 1e-5, scale: bool = True) -> nn.BatchNorm2d:
-    """BatchNorm2d; `scale=False` keeps its weight at 1, frozen (airbench's BN), the bias still learns."""
-    bn = nn.BatchNorm2d(channels, eps=eps, momentum=momentum)
-    bn.weight.requires_grad_(scale)
-    return bn
+class Style(Options):
+    """How every conv-BN-activation of a network is made, and how its weights start (cnnlab.models.init)."""
+
+    activation: Activation = "relu"
+    conv_bias: bool = True
+    bn_momentum: Annotated[float, Gt(0), Le(1)] = 0.1  # PyTorch's: the weight of each batch in the running stats
+    bn_eps: PosFloat = 1e-5
+    bn_scale: bool = True  # false: BatchNorm's weight stays 1, frozen (airbench's BN); its bias still learns
+    init: Init = "pytorch_default"
+
+    def conv(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=self.conv_bias)
+
+    def norm(self, channels: int) -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(channels, eps=self.bn_eps, momentum=self.bn_momentum)
+        bn.weight.requires_grad_(self.bn_scale)
+        return bn
+
+    def act(self) -> nn.Module:
+        return activation(self.activation)
+
+    def conv_bn(self, c_in: int, c_out: int, kernel: int, stride: int = 1, act: bool = True) -> nn.Sequential:
+        layers = [self.conv(c_in, c_out, kernel, stride), self.norm(c_out)]
+        return nn.Sequential(*layers, self.act()) if act else nn.Sequential(*layers)
 
 
 class Whitening(nn.Conv2d):

@@ -22,10 +22,14 @@ class Logger(Protocol):
 class Loggers:
     """Fans every call out to several loggers."""
 
-    def __init__(self, *loggers: Logger | None, wandb_id: str | None = None) -> None:
-        self.loggers = [lg for lg in loggers if lg is not None]
-        self.wandb_id = wandb_id  # the W&B run's id, kept in checkpoints so that a resumed run continues it
+    def __init__(self, *loggers: Logger) -> None:
+        self.loggers = list(loggers)
+        self.wandb_id: str | None = None  # the W&B run's id, kept in checkpoints so that a resumed run continues it
         self.outcome: Status = "finished"  # how the run ends if nothing goes wrong (a search may prune it)
+
+    def add(self, logger: Logger, wandb_id: str | None = None) -> None:
+        self.loggers.append(logger)
+        self.wandb_id = wandb_id or self.wandb_id
 
     def log(self, record: dict[str, Any]) -> None:
         for lg in self.loggers:

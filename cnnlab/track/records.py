@@ -1,5 +1,5 @@
 """What a run leaves in its run dir besides checkpoints, opened once the run's checks have passed: the resolved
-config and Hydra's record of it, run.log, metrics.jsonl + summary.json, the console, and the W&B run."""
+config and Hydra's record of it, run.log, metrics.jsonl + summary.json and the console."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from cnnlab import Interrupted
 from cnnlab.atomic import atomic_write_text
-from cnnlab.config import build
 from cnnlab.rundir import RunDir
 from cnnlab.track import Loggers, Status
 from cnnlab.track.console import ConsoleLogger
@@ -22,11 +21,11 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
 @contextlib.contextmanager
-def records(run_dir: RunDir, cfg: DictConfig, config: dict[str, Any], hydra: dict[str, Any] | None, *,
-            resume_at: tuple[int, int] | None, wandb_id: str | None, name: str | None, group: str | None,
-            provenance: dict[str, Any] | None = None) -> Iterator[Loggers]:
-    """Open the run's records and yield its loggers; on leaving, close them with the run's status: finished,
-    failed, or interrupted/preempted. `config` is `cfg` resolved, as the run's files and W&B record it."""
+def records(run_dir: RunDir, config: dict[str, Any], hydra: dict[str, Any] | None, *,
+            resume_at: tuple[int, int] | None) -> Iterator[Loggers]:
+    """Open the run's records and yield its loggers (metrics.jsonl and the console; the run adds W&B); on leaving,
+    close them with the run's status: finished, pruned, failed, or interrupted/preempted. `config` is the
+    resolved config, as the run's files record it; `resume_at` the (step, next epoch) of a resumed checkpoint."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir.config, OmegaConf.to_yaml(config))
     for file_name, content in (hydra or {}).items():  # what Hydra's output_subdir would hold
@@ -38,13 +37,7 @@ def records(run_dir: RunDir, cfg: DictConfig, config: dict[str, Any], hydra: dic
     loggers = Loggers()
     try:
         metrics = MetricsFile(run_dir, resume_at=resume_at)
-        wandb = None
-        if cfg.logger.get("_target_"):
-            # partial: the run's config must reach W&B as data, not be instantiated recursively
-            wandb = build(cfg.logger, "logger", _partial_=True)(
-                run_dir=run_dir, run_config=wandb_config(config, provenance), name=name, group=group or name,
-                run_id=wandb_id, history=[r for r in metrics.kept if r["kind"] == "epoch"])
-        loggers = Loggers(metrics, ConsoleLogger(), wandb, wandb_id=wandb.run_id if wandb else None)
+        loggers = Loggers(metrics, ConsoleLogger())
         yield loggers
         status = loggers.outcome
     except Interrupted as e:
@@ -54,10 +47,3 @@ def records(run_dir: RunDir, cfg: DictConfig, config: dict[str, Any], hydra: dic
         loggers.close(status)
         logging.getLogger().removeHandler(handler)
         handler.close()
-
-
-def wandb_config(config: dict[str, Any], provenance: dict[str, Any] | None) -> dict[str, Any]:
-    """The resolved config as W&B records it: each node once (data.dataset and data.augment only repeat the
-    top-level dataset and augment), and where the run came from."""
-    data = {k: v for k, v in config["data"].items() if k not in ("dataset", "augment")}
-    return {**config, "data": data, "provenance": provenance or {}}

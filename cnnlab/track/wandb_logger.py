@@ -18,16 +18,31 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from annotated_types import Gt, Le
 
 from cnnlab import CnnlabError
 from cnnlab.rundir import RunDir
 from cnnlab.track import Status
+from cnnlab.track.metrics import read_metrics
+from cnnlab.types import text
 
 log = logging.getLogger("cnnlab")
 
 STEP_KEYS = ("train_loss", "train_acc", "lr", "images_per_second")
 MAX_AND_LAST = ("val_acc", "test_acc")  # summarised as {"max": ..., "last": ...}
+# W&B's own limits: a project or entity of at most 128 characters without / \ # ? % :, a tag of at most 64
+WandbName = text(r"[^/\\#?%:\s][^/\\#?%:]{0,127}", "1-128 characters, none of / \\ # ? % :")
+WandbTag = text(r"[^\n]{1,64}", "1-64 characters on one line")
+JobType = text(r"[A-Za-z0-9_.-]{1,64}", "1-64 letters, digits, _ . -")
+
+
+def wandb_config(config: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as W&B records it: each node once (data.dataset and data.augment only repeat the
+    top-level dataset and augment), and where the run came from."""
+    data = {k: v for k, v in config["data"].items() if k not in ("dataset", "augment")}
+    return {**config, "data": data, "provenance": provenance}
 
 
 def has_credentials() -> bool:
@@ -53,11 +68,13 @@ def resolve_mode(mode: str | None) -> str:
 
 
 class WandbLogger:
-    def __init__(self, run_dir: RunDir, run_config: dict[str, Any], project: str = "cnnlab",
-                 entity: str | None = None, name: str | None = None, group: str | None = None,
-                 job_type: str = "train", tags: list[str] | None = None, mode: str | None = None,
-                 init_timeout: float = 15.0, run_id: str | None = None, log_checkpoint: bool = False,
-                 history: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, run_dir: RunDir, run_config: dict[str, Any], name: str | None, group: str | None,
+                 run_id: str | None, /, project: WandbName = "cnnlab",
+                 entity: WandbName | None = None, job_type: JobType = "train", tags: list[WandbTag] = (),
+                 mode: Literal["online", "offline", "disabled"] | None = None,
+                 init_timeout: Annotated[float, Gt(0), Le(3600)] = 15.0, log_checkpoint: bool = False) -> None:
+        """A W&B run for the run in `run_dir`, which `run_config` describes, named `name` in `group`; `run_id`
+        continues an earlier one, whose best values so far come from the epochs its metrics.jsonl kept."""
         import wandb
 
         self.wandb = wandb
@@ -85,9 +102,14 @@ class WandbLogger:
             self.run.define_metric(key, step_metric="epoch")
         for key in MAX_AND_LAST:  # summarised by log() itself, so that a resumed run keeps the max from before
             self.run.define_metric(key, step_metric="epoch", summary="none")
-        self.best = {k: max((r[k] for r in history or [] if k in r), default=None) for k in MAX_AND_LAST}
+        kept = self.kept_epochs(run_id)
+        self.best = {k: max((r[k] for r in kept if k in r), default=None) for k in MAX_AND_LAST}
         if run_dir.log.exists():
             self.run.save(str(run_dir.log), base_path=str(run_dir.path), policy="live")
+
+    def kept_epochs(self, run_id: str | None) -> list[dict[str, Any]]:
+        kept = read_metrics(self.run_dir.metrics) if run_id and self.run_dir.metrics.exists() else []
+        return [r for r in kept if isinstance(r, dict) and r.get("kind") == "epoch"]
 
     @property
     def run_id(self) -> str:

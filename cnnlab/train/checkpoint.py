@@ -18,25 +18,24 @@ import pickle
 import random
 import re
 import zipfile
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from cnnlab import CnnlabError, distributed
 from cnnlab.atomic import atomic_save
-from cnnlab.config.check import ConfigError, check_node
-from cnnlab.config.schema import RunNode, RuntimeNode, TrainerNode
 from cnnlab.rundir import RunDir
+from cnnlab.types import NonNegInt, text
 
 if TYPE_CHECKING:
     from cnnlab.train.trainer import State
 
 FORMAT = 2
+Resume = Literal["auto", "allow"] | text(r".*\.pt", "a path to a .pt checkpoint") | None
 
 
 @dataclass
@@ -61,23 +60,6 @@ PROGRESS = {"epoch": int, "batch": int, "step": int, "best_val_acc": (float, typ
             "best_epoch": (int, type(None)), "test_acc_at_best": (float, type(None))}
 WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # W&B's generated ids are 8 of [a-z0-9]; none holds / \ # ? % :
 COUNTER_MAX = 2**53  # far past any real run, and exact as a float (what JSON and W&B carry)
-
-# What a resumed run may set anew: how long it trains; how it logs, evaluates and checkpoints; where it runs and
-# logs to; and where its data lives on this machine. Any other difference from the checkpoint's recorded config
-# (the optimizer's values, the batch size, the dataset, the augmentation, the seed, ...) is refused, unless
-# trainer.resume_changes=allow, which resumes with this run's values. A key ending in "." names a whole node.
-MAY_CHANGE_ON_RESUME = (
-    "trainer.epochs", "trainer.resume", "trainer.resume_changes", "trainer.log_every", "trainer.eval_every",
-    "trainer.tta", "trainer.save_checkpoints", "trainer.checkpoint_every_steps", "trainer.limit_eval_batches",
-    "runtime.", "logger.", "objective", "data_dir", "cache_dir", "data.cache_dir", "data.num_workers",
-    "data.eval_batch_size", "dataset.root", "dataset.source.root", "dataset.source.download", "dataset.source.url",
-    "dataset.source.md5", "dataset.source.png_fallback", "dataset.source.workers")
-MIRRORED = ("data.dataset.", "data.augment.")  # interpolations of `dataset` and `augment`: compared there
-# Keys declared after format 2's first checkpoints, at the value that means what those checkpoints did
-ADDED_SINCE_FORMAT_2 = {f".{node}.{f.name}": f.default for node, declared in (("trainer", TrainerNode),
-                                                                              ("runtime", RuntimeNode))
-                        for f in fields(declared) if f.default is not MISSING}
-
 
 def write_last(path: Path, model: dict, optimizer: dict, scheduler: dict, scaler: dict, progress: Progress,
                running: list, rng: list, average: dict | None, extras: dict[str, Any]) -> None:
@@ -188,56 +170,6 @@ def nonfinite(tensors: dict[str, Tensor]) -> list[str]:
     return [k for k, good in zip(floats, ok, strict=True) if not good]
 
 
-def recorded_config(ckpt: dict[str, Any]) -> DictConfig:
-    """The checkpoint's recorded config, once it has passed cnnlab's schema (so every `_target_` in it is one of
-    cnnlab's, and every value plain data); refused in one line otherwise."""
-    where = f"checkpoint {ckpt['path']}"
-    interpolated = [k for k, v in _flat(ckpt["config"], "config").items() if isinstance(v, str) and "${" in v]
-    if interpolated:  # a recorded config is resolved: an interpolation could only be crafted
-        raise CnnlabError(f"{where}: its recorded config holds an interpolation at {interpolated[0]}")
-    cfg = OmegaConf.create(ckpt["config"])
-    try:
-        check_node(cfg, RunNode, "")
-    except ConfigError as e:
-        raise CnnlabError(f"{where}: its recorded config is not one cnnlab writes: {e}") from None
-    return cfg
-
-
-def check_compatible(ckpt: dict[str, Any], config: dict[str, Any], allow_changes: bool) -> list[str]:
-    """Refuse in one line to resume a checkpoint whose recorded config is not cnnlab's, whose model or optimizer
-    differs from this run's, or that differs in any key outside MAY_CHANGE_ON_RESUME unless `allow_changes`; return
-    those keys (as "key: before -> now") when they are allowed."""
-    recorded = OmegaConf.to_container(recorded_config(ckpt))
-    before, now = _flat(recorded.get("model"), "model"), _flat(config["model"], "model")
-    differing = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-    if differing:
-        k = differing[0]
-        raise CnnlabError(f"checkpoint {ckpt['path']} was trained with {k}={before.get(k)!r}, this run has "
-                          f"{k}={now.get(k)!r} ({len(differing)} model key(s) differ): resume with the checkpoint's "
-                          "model config")
-    was, now_optim = _flat(recorded.get("optim"), "optim").get("optim._target_"), config["optim"]["_target_"]
-    if was != now_optim:
-        raise CnnlabError(f"checkpoint {ckpt['path']} was trained with optimizer {was}, this run configures "
-                          f"{now_optim}: resume with the checkpoint's optim choice")
-    before, now = {**ADDED_SINCE_FORMAT_2, **_flat(recorded, "")}, _flat(config, "")
-    changes = [f"{k[1:]}: {before.get(k, '(absent)')!r} -> {now.get(k, '(absent)')!r}"
-               for k in sorted(before.keys() | now.keys())
-               if before.get(k) != now.get(k) and not k[1:].startswith(MAY_CHANGE_ON_RESUME + MIRRORED)]
-    if changes and not allow_changes:
-        raise CnnlabError(f"checkpoint {ckpt['path']} was trained with other values: {', '.join(changes)}; resume "
-                          "with the checkpoint's values, or add trainer.resume_changes=allow to train on with this "
-                          "run's")
-    return changes
-
-
-def _flat(tree: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}.{key}").items()}
-    if isinstance(tree, list) and any(isinstance(v, dict | list) for v in tree):
-        return {k: v for i, sub in enumerate(tree) for k, v in _flat(sub, f"{prefix}[{i}]").items()}
-    return {prefix: tree}
-
-
 def progress_of(ckpt: dict[str, Any]) -> Progress:
     return Progress(**ckpt["progress"])
 
@@ -262,12 +194,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------ the writer
 class CheckpointSaver:
-    """`save`: write checkpoints at all; `every_steps`: last.pt also every that many steps (0: at epoch ends and
-    stops only); `resume`: null (a fresh run dir), auto (continue its last.pt), allow (continue it if there is
-    one) or a path to a last.pt."""
+    """The checkpoints of the run in `run_dir` (conf/checkpoints/): `save`: write them at all; `every_steps`: last.pt
+    also every that many steps (0: at epoch ends and stops only); `resume`: null (a fresh run dir), auto (continue
+    its last.pt), allow (continue it if there is one) or a path to a last.pt; `resume_changes`: refuse a resumed
+    run's values that differ from the checkpoint's (cnnlab.train.recorded), or allow them."""
 
-    def __init__(self, run_dir: RunDir, save: bool = True, every_steps: int = 0, resume: str | None = None) -> None:
+    def __init__(self, run_dir: RunDir, /, save: bool = True, every_steps: NonNegInt = 0, resume: Resume = None,
+                 resume_changes: Literal["refuse", "allow"] = "refuse") -> None:
         self.run_dir, self.save, self.every_steps, self.resume = run_dir, save, every_steps, resume
+        self.allow_changes = resume_changes == "allow"
         self.extras: dict[str, Any] = {}  # set once the run's records are open (the W&B id is known then)
 
     def to_resume(self, last_epoch: int) -> dict[str, Any] | None:
@@ -277,7 +212,7 @@ class CheckpointSaver:
         if resume is None:
             if last.exists():
                 raise CnnlabError(f"run dir {run_dir.path} already holds {last.name}: continue it with "
-                                  "trainer.resume=auto (or allow), or pick another hydra.run.dir")
+                                  "checkpoints.resume=auto (or allow), or pick another hydra.run.dir")
             if held:
                 raise CnnlabError(f"run dir {run_dir.path} already holds a finished run's {held[0].name} (and no "
                                   "last.pt to continue): pick another hydra.run.dir")
@@ -288,7 +223,7 @@ class CheckpointSaver:
             raise CnnlabError(f"run dir {run_dir.path} already holds {held[0].name}: a checkpoint from elsewhere "
                               "continues into a new run dir (pick another hydra.run.dir)")
         if resume == "auto" and not last.exists():
-            raise CnnlabError(f"trainer.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
+            raise CnnlabError(f"checkpoints.resume=auto but there is nothing to resume: no last.pt in {run_dir.path} "
                               "(re-run with hydra.run.dir=<the run's dir>, or give a checkpoint path)")
         ckpt = load(last if resume in ("auto", "allow") else Path(resume).expanduser(), "last")
         done = progress_of(ckpt).epoch - 1

@@ -3,21 +3,23 @@ evaluation with averaged weights, or as Lookahead (the model continues from the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Gt, Lt
 from torch import Tensor, nn
 
+from cnnlab.types import NonNegFloat, NonNegInt, Options
 
-@dataclass
-class EmaSchedule:
+
+class EmaSchedule(Options):
     """When and how strongly to average (conf/trainer/default.yaml, `ema`). airbench94: every 5 steps from the
     start, decay 0.95 per step ramped by (step / total)^3, lookahead."""
 
-    every: int = 0  # steps between updates; 0: off
-    decay: float = 0.95  # per step; an update every k steps uses decay^k
-    ramp_power: float = 0.0  # the decay ramps up as (step / total steps)^ramp_power (0: constant)
-    start_epoch: int = 1  # the first epoch that averages, from its first update's weights; 0: from the initial ones
+    every: NonNegInt = 0  # steps between updates; 0: off
+    decay: Annotated[float, Gt(0), Lt(1)] = 0.95  # per step; an update every k steps uses decay^k
+    ramp_power: NonNegFloat = 0.0  # the decay ramps up as (step / total steps)^ramp_power (0: constant)
+    start_epoch: NonNegInt = 1  # the first epoch that averages, from its first update's weights; 0: the initial
     lookahead: bool = False  # after each update the model continues from the average, and training ends on it
     evaluate: bool = True  # evaluate (and keep in best.pt) the averaged weights
 

@@ -5,6 +5,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cnnlab.types import NonNegFloat, Options
+
+
+class Mix(Options):
+    """Beta(alpha, alpha) mixup and CutMix alphas (0: off; with both set, each batch gets one at even odds)."""
+
+    mixup: NonNegFloat = 0.0
+    cutmix: NonNegFloat = 0.0
+
 
 def mix_batch(x: Tensor, y: Tensor, mixup: float, cutmix: float) -> tuple[Tensor, Tensor, Tensor, float]:
     """(mixed images, labels, the partners' labels, the weight of the first labels). With both alphas set, each

@@ -11,10 +11,13 @@ trainer's `param_groups` rules (lr_scale, weight_decay_scale) give those their o
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Le
 from torch import Tensor
+
+from cnnlab.types import Fraction, NonNegFloat, PosFloat
 
 # The quintic iteration's coefficients, chosen to raise small singular values fast rather than to converge
 # exactly: they end up spread around 1 (about 0.5-1.5), which trains as well as an exact orthogonalisation.
@@ -39,12 +42,10 @@ def orthogonalise(g: Tensor, steps: int = 3, eps: float = 1e-7, dtype: torch.dty
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 0.24,
-                 momentum: float = 0.6, nesterov: bool = True, weight_decay: float = 0.0,
-                 sgd_momentum: float = 0.85, ns_steps: int = 3, ns_dtype: str = "fp32") -> None:
-        if lr <= 0 or not 0 <= momentum < 1 or not 0 <= sgd_momentum < 1 or weight_decay < 0 or ns_steps < 1:
-            raise ValueError(f"Muon: lr={lr}, momentum={momentum}, sgd_momentum={sgd_momentum}, "
-                             f"weight_decay={weight_decay}, ns_steps={ns_steps} out of range")
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], /, lr: PosFloat = 0.24,
+                 momentum: Fraction = 0.6, nesterov: bool = True, weight_decay: NonNegFloat = 0.0,
+                 sgd_momentum: Fraction = 0.85, ns_steps: Annotated[int, Ge(1), Le(100)] = 3,
+                 ns_dtype: Literal["fp32", "bf16"] = "fp32") -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                       sgd_momentum=sgd_momentum, ns_steps=ns_steps))
         self.ns_dtype = NS_DTYPES[ns_dtype]

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from cnnlab.types import Fraction, NonNegFloat, PosFloat, PosInt, Ratio
+
 
 def total_steps(steps_per_epoch: int, epochs: float) -> int:
     """The steps of `epochs` epochs (a fraction of one rounds up, as airbench's 9.9 epochs do)."""
@@ -27,20 +29,21 @@ def _with_warmup(optimizer: Optimizer, factor: Callable[[int], float], warmup_st
     return LambdaLR(optimizer, lr_lambda)
 
 
-def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: float, warmup_epochs: float = 0) -> LambdaLR:
+def constant(optimizer: Optimizer, steps_per_epoch: int, epochs: float, /,
+             warmup_epochs: NonNegFloat = 0) -> LambdaLR:
     return _with_warmup(optimizer, lambda step: 1.0, round(warmup_epochs * steps_per_epoch))
 
 
-def step(optimizer: Optimizer, steps_per_epoch: int, epochs: float, milestones: Sequence[int] = (),
-         gamma: float = 0.1, warmup_epochs: float = 0) -> LambdaLR:
+def step(optimizer: Optimizer, steps_per_epoch: int, epochs: float, /, milestones: Sequence[PosInt] = (),
+         gamma: PosFloat = 0.1, warmup_epochs: NonNegFloat = 0) -> LambdaLR:
     """Multiply the lr by `gamma` at each epoch in `milestones`."""
     bounds = sorted(m * steps_per_epoch for m in milestones)
     return _with_warmup(optimizer, lambda s: gamma ** sum(s >= b for b in bounds),
                         round(warmup_epochs * steps_per_epoch))
 
 
-def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: float, warmup_epochs: float = 0,
-           min_lr_ratio: float = 0.0) -> LambdaLR:
+def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: float, /, warmup_epochs: NonNegFloat = 0,
+           min_lr_ratio: Ratio = 0.0) -> LambdaLR:
     """Cosine decay from the base lr to `min_lr_ratio` times it, after the warmup."""
     warmup = round(warmup_epochs * steps_per_epoch)
     span = max(1, total_steps(steps_per_epoch, epochs) - warmup)
@@ -52,8 +55,8 @@ def cosine(optimizer: Optimizer, steps_per_epoch: int, epochs: float, warmup_epo
     return _with_warmup(optimizer, factor, warmup)
 
 
-def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: float, pct_start: float = 0.25,
-             start_ratio: float = 0.1, end_ratio: float = 0.0) -> LambdaLR:
+def onecycle(optimizer: Optimizer, steps_per_epoch: int, epochs: float, /, pct_start: Fraction = 0.25,
+             start_ratio: Ratio = 0.1, end_ratio: Ratio = 0.0) -> LambdaLR:
     """Linear ramp from `start_ratio` x lr up to the lr over the first `pct_start` of the steps (floored), then
     linear to `end_ratio` (`pct_start` 0: from the lr straight down, airbench94_muon's schedule). Computed as
     airbench94's triangular schedule is, to the bit."""

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cnnlab.types import Fraction, NonNegFloat, PosFloat, PosInt
+
 
 def pytorch_settings(lr: float, weight_decay: float, momentum: float, images_per_step: int) -> tuple[float, float]:
     """PyTorch SGD's (lr, weight_decay) for a mean loss, from airbench's decoupled lr and weight decay. Each step
@@ -29,11 +31,9 @@ class DecoupledSGD(torch.optim.SGD):
     """torch.optim.SGD whose `lr` and `weight_decay` (and each parameter group's) are airbench's decoupled values;
     `batch_size` x `accumulate` images make one step."""
 
-    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float, weight_decay: float = 0.0,
-                 momentum: float = 0.9, nesterov: bool = True, batch_size: int = 1024, accumulate: int = 1) -> None:
-        if lr <= 0 or weight_decay < 0 or not 0 <= momentum < 1 or batch_size < 1 or accumulate < 1:
-            raise ValueError(f"DecoupledSGD: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, "
-                             f"batch_size={batch_size}, accumulate={accumulate} out of range")
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], /, lr: PosFloat,
+                 weight_decay: NonNegFloat = 0.0, momentum: Fraction = 0.9, nesterov: bool = True,
+                 batch_size: PosInt = 1024, accumulate: PosInt = 1) -> None:
         groups = list(params)
         if groups and not isinstance(groups[0], dict):
             groups = [{"params": groups}]

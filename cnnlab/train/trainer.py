@@ -14,24 +14,25 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Gt, Le
 from torch import Tensor, nn
 
 from cnnlab import CnnlabError, Interrupted, distributed
 from cnnlab.data import Data
 from cnnlab.models.layers import Whitening
-from cnnlab.rundir import RunDir
 from cnnlab.runtime import Runtime
 from cnnlab.track import Logger
 from cnnlab.train import checkpoint
 from cnnlab.train.checkpoint import CheckpointSaver, Progress
 from cnnlab.train.ema import EmaSchedule, WeightAverage
-from cnnlab.train.mix import mix_batch
+from cnnlab.train.mix import Mix, mix_batch
 from cnnlab.train.schedules import total_steps
+from cnnlab.types import Fraction, NonNegFloat, NonNegInt, Options, PosFloat, PosInt
 
 log = logging.getLogger("cnnlab")
 
@@ -58,37 +59,66 @@ def batch_sums(loss_sum: Tensor, correct: Tensor, n: int) -> Tensor:
                                                                           dtype=torch.float64)])
 
 
+Tta = Literal["none", "flip", "flip_translate"]
+
+
+class Loss(Options):
+    """Cross-entropy with `label_smoothing`, over a batch's `reduction`: mean, or sum (airbench's; the lr then
+    scales with the batch)."""
+
+    label_smoothing: Fraction = 0.0
+    reduction: Literal["mean", "sum"] = "mean"
+
+
+class Limits(Options):
+    """Debug limits: train on at most `train_batches` per epoch, evaluate on at most `eval_batches`;
+    `overfit_batches`: train on epoch 1's first N batches again and again (can the model fit them?)."""
+
+    train_batches: PosInt | None = None
+    eval_batches: PosInt | None = None
+    overfit_batches: PosInt | None = None
+
+
+class WhitenBias(Options):
+    """A whitening stem's bias learns for `epochs` epochs, then freezes (null: always); with `decay` its lr falls
+    linearly to 0 over them (it needs a param_groups rule {params: whiten})."""
+
+    epochs: NonNegInt | None = None
+    decay: bool = False
+
+
+class ParamGroup(Options):
+    """A rule of `param_groups`: the parameters of one kind (cnnlab.train.trainer.parameter_kinds) train with the
+    optimizer's lr and weight decay scaled."""
+
+    params: Literal["bias", "norm", "norm_bias", "norm_weight", "whiten", "linear"]
+    lr_scale: PosFloat
+    weight_decay_scale: NonNegFloat
+
+
+LOSS, NO_AVERAGE, WHITEN_BIAS, NO_MIX, NO_LIMITS = Loss(), EmaSchedule(), WhitenBias(), Mix(), Limits()
+
+
 class Trainer:
     """Trains for `epochs` epochs (a fraction ends the last one early); conf/trainer/default.yaml documents every
     switch."""
 
-    def __init__(self, epochs: float, label_smoothing: float = 0.0, grad_clip: float | None = None,
-                 log_every: int = 50, eval_every: int = 1, tta: str = "none", save_checkpoints: bool = True,
-                 checkpoint_every_steps: int = 0, resume: str | None = None,
-                 param_groups: Iterable[dict[str, Any]] = (), ema: dict[str, Any] | None = None,
-                 whiten_bias_epochs: int | None = None, mixup: float = 0.0, cutmix: float = 0.0, accumulate: int = 1,
-                 limit_train_batches: int | None = None, limit_eval_batches: int | None = None,
-                 overfit_batches: int | None = None, resume_changes: str = "refuse", loss_reduction: str = "mean",
-                 whiten_bias_decay: bool = False) -> None:
-        self.epochs, self.label_smoothing, self.grad_clip = epochs, label_smoothing, grad_clip
-        self.last_epoch = math.ceil(epochs)
-        self.log_every, self.eval_every, self.tta = log_every, eval_every, tta
-        self.save_checkpoints, self.checkpoint_every_steps = save_checkpoints, checkpoint_every_steps
-        self.resume, self.resume_changes = resume, resume_changes
-        self.param_groups = [dict(g) for g in param_groups]
-        self.ema = EmaSchedule(**(ema or {}))
-        self.whiten_bias_epochs, self.whiten_bias_decay = whiten_bias_epochs, whiten_bias_decay
-        self.mixup, self.cutmix, self.accumulate = mixup, cutmix, accumulate
-        self.limit_train = overfit_batches or limit_train_batches
-        self.limit_eval, self.overfit = limit_eval_batches, overfit_batches is not None
-        self.loss_reduction = loss_reduction
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction=loss_reduction)
+    def __init__(self, epochs: Annotated[float, Gt(0), Le(100_000)], loss: Loss = LOSS,
+                 grad_clip: PosFloat | None = None, accumulate: PosInt = 1, log_every: PosInt = 50,
+                 eval_every: PosInt = 1, tta: Tta = "none", param_groups: Sequence[ParamGroup] = (),
+                 ema: EmaSchedule = NO_AVERAGE, whiten_bias: WhitenBias = WHITEN_BIAS, mix: Mix = NO_MIX,
+                 limits: Limits = NO_LIMITS) -> None:
+        self.epochs, self.last_epoch, self.grad_clip = epochs, math.ceil(epochs), grad_clip
+        self.accumulate, self.log_every, self.eval_every, self.tta = accumulate, log_every, eval_every, tta
+        self.param_groups = [ParamGroup.of(g) for g in param_groups]
+        self.ema, self.whiten_bias, self.mix = EmaSchedule.of(ema), WhitenBias.of(whiten_bias), Mix.of(mix)
+        limits = Limits.of(limits)
+        self.limit_train = limits.overfit_batches or limits.train_batches
+        self.limit_eval, self.overfit = limits.eval_batches, limits.overfit_batches is not None
+        self.loss = Loss.of(loss)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.loss.label_smoothing, reduction=self.loss.reduction)
 
     # ------------------------------------------------------------------------------------ prepare, restore
-    def saver(self, run_dir: RunDir) -> CheckpointSaver:
-        """The run's checkpoint saver, as `save_checkpoints`, `checkpoint_every_steps` and `resume` configure it."""
-        return CheckpointSaver(run_dir, self.save_checkpoints, self.checkpoint_every_steps, self.resume)
-
     def batches_per_epoch(self, loader: Any) -> int:
         return min(len(loader), self.limit_train or len(loader))
 
@@ -108,8 +138,8 @@ class Trainer:
         model, forward = runtime.place(model)
         opt = optimizer(self.parameter_groups(model, optimizer) if self.param_groups else model.parameters())
         steps_per_epoch = math.ceil(batches / self.accumulate)
-        sched = scheduler(opt, steps_per_epoch=steps_per_epoch, epochs=self.epochs)
-        if self.whiten_bias_decay:
+        sched = scheduler(opt, steps_per_epoch, self.epochs)
+        if self.whiten_bias.decay:
             self.decay_whiten_bias(model, opt, sched, steps_per_epoch)
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
         average = WeightAverage(model.state_dict()) if self.ema.every and self.ema.start_epoch == 0 else None
@@ -122,13 +152,13 @@ class Trainer:
         freezes (airbench94_muon), in place of the shared schedule; it needs a param_groups rule of its own."""
         biases = {id(m.bias) for m in model.modules() if isinstance(m, Whitening)}
         group = next((i for i, g in enumerate(optimizer.param_groups) if biases & {id(p) for p in g["params"]}), None)
-        if group is None or self.whiten_bias_epochs is None:
-            raise CnnlabError("trainer.whiten_bias_decay is true, but the model has no whitening bias that learns for "
-                              "trainer.whiten_bias_epochs: set model.whiten=true and trainer.whiten_bias_epochs")
+        if group is None or self.whiten_bias.epochs is None:
+            raise CnnlabError("trainer.whiten_bias.decay is true, but the model has no whitening bias that learns for "
+                              "trainer.whiten_bias.epochs: set model.whiten=true and trainer.whiten_bias.epochs")
         if {id(p) for p in optimizer.param_groups[group]["params"]} != biases:
-            raise CnnlabError("trainer.whiten_bias_decay needs the whitening bias in a group of its own: put a "
+            raise CnnlabError("trainer.whiten_bias.decay needs the whitening bias in a group of its own: put a "
                               "trainer.param_groups rule {params: whiten, ...} before the others")
-        span = self.whiten_bias_epochs * steps_per_epoch
+        span = self.whiten_bias.epochs * steps_per_epoch
         scheduler.lr_lambdas[group] = lambda step: max(0.0, 1 - step / span)
         optimizer.param_groups[group]["lr"] = scheduler.base_lrs[group] * scheduler.lr_lambdas[group](
             scheduler.last_epoch)
@@ -137,18 +167,18 @@ class Trainer:
         """The trainable parameters in groups: each `param_groups` rule takes the parameters it selects (the
         first matching rule wins) with its lr and weight decay scaled; the rest keep the optimizer's own."""
         base = getattr(optimizer, "keywords", {})
-        groups = [{"params": [], "lr": base.get("lr", 1.0) * rule["lr_scale"],
-                   "weight_decay": base.get("weight_decay", 0.0) * rule["weight_decay_scale"]}
+        groups = [{"params": [], "lr": base.get("lr", 1.0) * rule.lr_scale,
+                   "weight_decay": base.get("weight_decay", 0.0) * rule.weight_decay_scale}
                   for rule in self.param_groups] + [{"params": []}]
         kinds = parameter_kinds(model)
         for name, param in model.named_parameters():
             if param.requires_grad:  # frozen ones (a whitening filter, a frozen BN scale) stay out
-                matched = next((i for i, rule in enumerate(self.param_groups) if rule["params"] in kinds[name]),
+                matched = next((i for i, rule in enumerate(self.param_groups) if rule.params in kinds[name]),
                                len(self.param_groups))
                 groups[matched]["params"].append(param)
         return [g for g in groups if g["params"]]
 
-    def restore(self, state: State, ckpt: dict[str, Any], runtime: Runtime) -> None:
+    def restore(self, state: State, ckpt: dict[str, Any], runtime: Runtime, allow_changes: bool = False) -> None:
         """Continue `state` from a checked last.pt, or say in one line why it does not fit. Writes nothing."""
         where = f"checkpoint {ckpt['path']}"
         expected = state.model.state_dict()
@@ -157,7 +187,7 @@ class Trainer:
             checkpoint.check_tensors(where, "average", ckpt["average"],
                                      {k: v for k, v in expected.items() if v.is_floating_point()})
         progress = checkpoint.progress_of(ckpt)
-        self.check_progress(where, progress, state)
+        self.check_progress(where, progress, state, allow_changes)
         state.model.load_state_dict(ckpt["model"])
         configured = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
         configured_base_lrs = list(state.scheduler.base_lrs)
@@ -169,7 +199,7 @@ class Trainer:
                 raise CnnlabError(f"{where}: its '{name}' state does not fit this run's {name} "
                                   f"({type(e).__name__}: {e})") from None
         check_optimizer_state(where, state.optimizer, state.scheduler, progress.step)
-        if self.resume_changes == "allow":
+        if allow_changes:
             use_configured_values(state.optimizer, state.scheduler, configured, configured_base_lrs)
         rngs, sums = ckpt["rng"], ckpt["running"]
         if len(rngs) != runtime.world_size:
@@ -186,7 +216,7 @@ class Trainer:
         state.progress, state.running = progress, running if len(running) == 3 else None
         state.average = average
 
-    def check_progress(self, where: str, p: Progress, state: State) -> None:
+    def check_progress(self, where: str, p: Progress, state: State, allow_changes: bool) -> None:
         """The checkpoint's counters against this run's data: a batch within an epoch, and (with the data as it
         was) exactly the steps that its epochs and batches imply."""
         batches = state.batches_per_epoch
@@ -194,7 +224,7 @@ class Trainer:
             raise CnnlabError(f"{where}: entry 'progress.batch' is {p.batch}, past the {batches} batches of an epoch "
                               "of this run's data")
         steps = (p.epoch - 1) * math.ceil(batches / self.accumulate) + math.ceil(p.batch / self.accumulate)
-        if p.step != steps and self.resume_changes != "allow":
+        if p.step != steps and not allow_changes:
             raise CnnlabError(f"{where}: entry 'progress.step' is {p.step}, but epoch {p.epoch} at batch {p.batch} "
                               f"means {steps} steps")
 
@@ -236,10 +266,10 @@ class Trainer:
         """Train the rest of the epoch; its record, and its running sums (loss, correct, images) on the device."""
         p = state.progress
         state.model.train()
-        if self.whiten_bias_epochs is not None:
+        if self.whiten_bias.epochs is not None:
             for m in state.model.modules():
                 if isinstance(m, Whitening):  # its bias learns for the first epochs only
-                    m.bias.requires_grad_(p.epoch <= self.whiten_bias_epochs)
+                    m.bias.requires_grad_(p.epoch <= self.whiten_bias.epochs)
         loader.set_epoch(1 if self.overfit else p.epoch, p.batch)  # overfit: epoch 1's first batches, always
         batches = self.batches_per_epoch(loader)
         last_batch = len(loader) - 1  # the only batch DDP ranks can share unevenly
@@ -287,7 +317,7 @@ class Trainer:
         """Forward and backward of one batch (mixed with mixup/cutmix where configured); its (loss sum, correct,
         images), on the device. The first batch of an accumulation window drops the last window's gradients.
         `weight` scales the loss that is backpropagated (this rank's share of an unevenly split batch)."""
-        mixed = mix_batch(x, y, self.mixup, self.cutmix) if self.mixup or self.cutmix else None
+        mixed = mix_batch(x, y, self.mix.mixup, self.mix.cutmix) if self.mix.mixup or self.mix.cutmix else None
         with runtime.autocast():
             if mixed is None:
                 out = state.forward(x)
@@ -300,7 +330,7 @@ class Trainer:
         # forward pass and returns as page faults (docs/benchmarks.md, "No slowdown")
         if new_window:
             state.optimizer.zero_grad(set_to_none=True)
-        if self.loss_reduction == "mean":
+        if self.loss.reduction == "mean":
             state.scaler.scale(loss * weight / self.accumulate).backward()
             return batch_sums(loss.detach() * len(y), (out.argmax(1) == y).sum(), len(y))
         # summed over the window's images on every rank: DDP averages the ranks' gradients, so undo that
@@ -446,7 +476,7 @@ def check_optimizer_state(where: str, optimizer: torch.optim.Optimizer, schedule
 
 def use_configured_values(optimizer: torch.optim.Optimizer, scheduler: Any, configured: list[dict[str, Any]],
                           base_lrs: list[float]) -> None:
-    """trainer.resume_changes=allow: the optimizer's values are this run's, not the checkpoint's, and the schedule
+    """checkpoints.resume_changes=allow: the optimizer's values are this run's, not the checkpoint's, and the schedule
     continues at its step from this run's lr."""
     scheduler.base_lrs = base_lrs
     for group, values, base, factor in zip(optimizer.param_groups, configured, base_lrs, scheduler.lr_lambdas,
