@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from annotated_types import Ge, Gt, Le, Len, Lt
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 # A config value is exactly its type (no "1" for 1, no 1 for true), every number finite, no key unknown.
@@ -59,5 +59,4 @@ ImageSize = Annotated[int, Ge(1), Le(1024)]  # pixels a side: the whole dataset 
 SampleCount = Annotated[int, Ge(1), Le(10_000_000)]
 ClassCount = Annotated[int, Ge(1), Le(100_000)]
 Pixels = Annotated[int, Ge(0), Le(1024)]  # a crop's padding or a cutout's side
-Triple = Annotated[list[float], Len(3, 3)]  # one number per RGB channel
 NonEmptyPath = text(r".+", "a non-empty path")

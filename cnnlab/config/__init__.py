@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab import CnnlabError
 from cnnlab.config.check import ConfigError, check, first_line
-from cnnlab.config.root import EvaluateConfig, RunConfig
 
 __all__ = ["ConfigError", "build", "validate", "validate_evaluate"]
 
@@ -35,6 +34,9 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 def validate(cfg: DictConfig) -> None:
     """Every key of a run's config against its declaration, then the rules that span groups."""
+    # the declarations import every target (torch too): a command that only composes does without them
+    from cnnlab.config.root import RunConfig
+
     check(cfg, RunConfig)
     if cfg.objective != "final_test_acc" and cfg.dataset.val_size == 0:
         raise ConfigError(f"objective is {cfg.objective} but dataset.val_size is 0 (no validation split): "
@@ -42,6 +44,8 @@ def validate(cfg: DictConfig) -> None:
 
 
 def validate_evaluate(cfg: DictConfig) -> None:
+    from cnnlab.config.root import EvaluateConfig
+
     check(cfg, EvaluateConfig)
 
 
