@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         model = build(recorded.model, "model")
         checkpoint.check_tensors(f"checkpoint {ckpt['path']}", "model", ckpt["model"], model.state_dict())
         model.load_state_dict(ckpt["model"])
-        data = build(data_cfg, "data")(runtime.device, 0, 1, runtime.channels_last)
+        data = build(data_cfg, "data")(runtime.device, 0, 1, runtime.channels_last)  # rank 0 of 1
         if data.classes != ckpt["classes"]:
             raise CnnlabError(f"checkpoint {ckpt['path']} was trained on classes {ckpt['classes'][:5]}..., the data "
                               f"has {data.classes[:5]}...")

@@ -21,7 +21,7 @@ from pydantic import StringConstraints
 
 from cnnlab import CnnlabError
 from cnnlab.config import ConfigError, validate, validate_evaluate
-from cnnlab.config.check import keys_of, names, one_of, strip
+from cnnlab.config.check import keys_of, named, one_of, strip
 from cnnlab.config.root import RunConfig
 from cnnlab.job import train
 from cnnlab.types import STRICT, Options
@@ -82,10 +82,9 @@ def leaves(node: Any, declared: Any, key: str = "") -> Iterator[tuple[Any, str, 
             continue
         options, base = one_of(spec.hint), strip(spec.hint)
         if options:
-            if not OmegaConf.is_interpolation(node, name):  # an interpolated node is checked at its home
-                target = node[name].get("_target_")
-                yield from (item for t in options.targets if t is not None and target in names(t)
-                            for item in leaves(node[name], t, full))
+            chosen = named(options.targets, node[name].get("_target_"))
+            if chosen is not None and not OmegaConf.is_interpolation(node, name):  # (an interpolation: at its home)
+                yield from leaves(node[name], chosen, full)
         elif isinstance(base, type) and issubclass(base, Options):
             yield from leaves(node[name], base, full)
         else:

@@ -54,6 +54,7 @@ def keys_of(declared: Any) -> dict[str, Key]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+@functools.cache
 def is_partial(target: Any) -> bool:
     """Whether the code supplies some of `target`'s arguments (its positional-only ones)."""
     return any(p.kind is p.POSITIONAL_ONLY for p in inspect.signature(target).parameters.values())
@@ -70,6 +71,11 @@ def names(target: Any) -> list[str]:
 
 def node_name(target: Any) -> str:
     return "none (an empty node)" if target is None else names(target)[0]
+
+
+def named(targets: tuple[Any, ...], name: Any) -> Any | None:
+    """The one of `targets` that the `_target_` string `name` names, or None."""
+    return next((t for t in targets if t is not None and name in names(t)), None)
 
 
 def one_of(hint: Any) -> OneOf | None:
@@ -96,9 +102,10 @@ def check(node: Any, declared: Any, key: str = "") -> None:
         if OmegaConf.is_missing(node, name):
             raise ConfigError(f"{join(key, name)} is not set; give it, for example {join(key, name)}="
                               f"<{describe(spec.hint)}>")
-        if one_of(spec.hint):
+        options = one_of(spec.hint)
+        if options:
             if not OmegaConf.is_interpolation(node, name):
-                nodes.append((name, one_of(spec.hint)))
+                nodes.append((name, options))
             continue
         values[name] = plain(resolved(node, name, join(key, name)))
     try:
@@ -115,14 +122,14 @@ def check_target(node: Any, targets: tuple[Any, ...], key: str) -> None:
     target = node.get("_target_")
     if target is None and None in targets and not node:
         return
-    chosen = [t for t in targets if t is not None and target in names(t)]
-    if not chosen:
+    chosen = named(targets, target)
+    if chosen is None:
         raise ConfigError(f"{join(key, '_target_')} is {show(target)}; allowed: "
                           f"{', '.join(map(node_name, targets))}")
-    partial = node.get("_partial_", False)
-    if partial is not is_partial(chosen[0]):
-        raise ConfigError(f"{join(key, '_partial_')} is {show(partial)}; allowed: {show(is_partial(chosen[0]))}")
-    check(node, chosen[0], key)
+    partial, wanted = node.get("_partial_", False), is_partial(chosen)
+    if partial is not wanted:
+        raise ConfigError(f"{join(key, '_partial_')} is {show(partial)}; allowed: {show(wanted)}")
+    check(node, chosen, key)
 
 
 @functools.cache
@@ -144,16 +151,14 @@ def fail_with(error: dict[str, Any], values: dict[str, Any], keys: dict[str, Key
         elif isinstance(base, type) and issubclass(base, pydantic.BaseModel) and part in base.model_fields:
             if error["type"] == "extra_forbidden" or part not in value:
                 break
-            full, value = join(full, part), value[part]
-            hint = typing.get_type_hints(base, include_extras=True)[part]
+            full, value, hint = join(full, part), value[part], keys_of(base)[part].hint
         else:
             break
     if error["type"] == "extra_forbidden":
-        raise ConfigError(not_a_key(join(full, str(error["loc"][-1])), full, list(strip(hint).model_fields)))
+        raise ConfigError(not_a_key(join(full, str(error["loc"][-1])), full, list(keys_of(strip(hint)))))
     if error["type"] == "missing":
         missing = str(error["loc"][-1])
-        sub = typing.get_type_hints(strip(hint), include_extras=True)[missing]
-        raise ConfigError(f"{join(full, missing)} is missing; allowed: {describe(sub)}")
+        raise ConfigError(f"{join(full, missing)} is missing; allowed: {describe(keys_of(strip(hint))[missing].hint)}")
     raise ConfigError(f"{full} is {show(value)}; allowed: {describe(hint)}")
 
 

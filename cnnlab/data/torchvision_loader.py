@@ -94,20 +94,18 @@ class TorchvisionLoader:
     def __init__(self, images: Dataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
                  train: bool, image_size: int, augment: Augment = CROP_FLIP, seed: int = 0, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1) -> None:
-        crop_padding, padding_mode, flip, drop_last = (augment.crop_padding, augment.padding_mode, augment.flip,
-                                                       augment.drop_last)
-        if augment.cutout or flip == "alternate":
+        if augment.cutout or augment.flip == "alternate":
             raise CnnlabError("augment.cutout and augment.flip=alternate are implemented by data.loader=tensor only")
         steps: list = [transforms.Resize((image_size, image_size))]
-        if train and crop_padding:
-            mode = "constant" if padding_mode == "zeros" else padding_mode
-            steps.append(transforms.RandomCrop(image_size, padding=crop_padding, padding_mode=mode))
-        if train and flip:
+        if train and augment.crop_padding:
+            mode = "constant" if augment.padding_mode == "zeros" else augment.padding_mode
+            steps.append(transforms.RandomCrop(image_size, padding=augment.crop_padding, padding_mode=mode))
+        if train and augment.flip:
             steps.append(transforms.RandomHorizontalFlip())
         steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
         self.plain = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor(),
                                          transforms.Normalize(mean, std)])
-        self.batches = EpochBatches(len(images), batch_size, train, train and drop_last, seed, rank, world_size)
+        self.batches = EpochBatches(len(images), batch_size, train, train and augment.drop_last, seed, rank, world_size)
         self.loader = DataLoader(SeededTransform(images, transforms.Compose(steps), seed), batch_sampler=self.batches,
                                  num_workers=num_workers, persistent_workers=num_workers > 0)
 
